@@ -1,0 +1,83 @@
+"""The one interface every isolation backend implements.
+
+The manager decides, backends do: a backend starts a sandbox whose agent answers on a unix
+socket, changes its limits, stops it and frees what it holds. Everything a restarted server
+needs to find a sandbox again lives in ``SandboxHandle.state`` (plain JSON, kept by the store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_count: float = 1.0
+    memory_mb: int = 512
+    disk_mb: int = 1024
+    pids: int = 1024
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    sandbox_id: str
+    template_dir: Path  # the template's root filesystem (read-only lower dir), owners shifted
+    limits: Limits = field(default_factory=Limits)
+    internet: bool = True
+
+
+@dataclass
+class SandboxHandle:
+    sandbox_id: str
+    agent_socket: Path
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    reason: str = ""
+
+
+class Backend:
+    """Base class of the isolation backends (see ARCHITECTURE.md)."""
+
+    name = "abstract"
+
+    def probe(self) -> Probe:
+        raise NotImplementedError
+
+    async def start(self, spec: SandboxSpec) -> SandboxHandle:
+        """Start a sandbox and return once its agent answers ping."""
+        raise NotImplementedError
+
+    async def configure(self, handle: SandboxHandle, limits: Limits, internet: bool) -> None:
+        """Apply limits and the network policy to a running sandbox (used when a pooled one is claimed)."""
+        raise NotImplementedError
+
+    async def stop(self, handle: SandboxHandle) -> None:
+        """Kill every process of the sandbox. Fast: the caller answers the client after this."""
+        raise NotImplementedError
+
+    async def cleanup(self, handle: SandboxHandle) -> None:
+        """Free mounts, cgroups, network namespace, veths and files. Idempotent."""
+        raise NotImplementedError
+
+    async def is_alive(self, handle: SandboxHandle) -> bool:
+        raise NotImplementedError
+
+    def handle_from_state(self, sandbox_id: str, state: dict[str, Any]) -> SandboxHandle:
+        raise NotImplementedError
+
+    async def wait_exit(self, handle: SandboxHandle) -> None:
+        """Return when the sandbox's init process has exited (for whatever reason)."""
+        raise NotImplementedError
+
+    async def reap_orphans(self, keep: set[str]) -> list[str]:
+        """Free the resources of every sandbox this backend finds on the host whose id is not in ``keep``."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release process-wide resources (e.g. the shared user namespace fd)."""

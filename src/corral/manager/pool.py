@@ -1,0 +1,90 @@
+"""A warm pool: a few started sandboxes per template, so create is a claim plus configure.
+
+Pooled sandboxes are not in the store (no user owns them yet); a crashed server's pooled
+sandboxes are orphans that the backend reaps at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..backends import Limits, SandboxHandle, SandboxSpec
+from ..templates import template_path
+
+if TYPE_CHECKING:
+    from .service import Manager
+
+log = logging.getLogger("corral.pool")
+
+
+class Pool:
+    def __init__(self, manager: Manager, size: int) -> None:
+        self.manager = manager
+        self.size = size
+        self.ready: dict[str, list[SandboxHandle]] = {}
+        self.wanted: set[str] = {"base"}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.size > 0:
+            self._task = asyncio.get_running_loop().create_task(self._fill_forever())
+
+    async def claim(self, template: str) -> SandboxHandle | None:
+        if self.size <= 0:
+            return None
+        self.wanted.add(template)
+        self._wake.set()
+        ready = self.ready.get(template)
+        while ready:
+            handle = ready.pop()
+            if await self.manager.backend.is_alive(handle):
+                handle.state["pooled"] = True
+                return handle
+            await self.manager.backend.cleanup(handle)
+        return None
+
+    async def _fill_forever(self) -> None:
+        while True:
+            try:
+                await self._fill_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("filling the warm pool")
+                await asyncio.sleep(5)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=5)
+            except TimeoutError:
+                pass
+
+    async def _fill_once(self) -> None:
+        from .service import new_sandbox_id
+
+        s = self.manager.settings
+        for template in sorted(self.wanted):
+            try:
+                rootfs = template_path(s.templates_dir, template)
+            except Exception:
+                self.wanted.discard(template)
+                continue
+            ready = self.ready.setdefault(template, [])
+            while len(ready) < self.size and len(self.manager.live) + len(ready) < s.max_sandboxes:
+                spec = SandboxSpec(
+                    sandbox_id=new_sandbox_id(),
+                    template_dir=rootfs,
+                    limits=Limits(cpu_count=s.default_cpu_count, memory_mb=s.default_memory_mb, disk_mb=s.default_disk_mb),
+                    internet=False,
+                )
+                ready.append(await self.manager.backend.start(spec))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        handles = [h for ready in self.ready.values() for h in ready]
+        self.ready.clear()
+        await asyncio.gather(*(self.manager.backend.cleanup(h) for h in handles), return_exceptions=True)

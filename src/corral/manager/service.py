@@ -1,0 +1,355 @@
+"""The manager: the one service that owns sandbox lifecycle.
+
+Every public operation is a method here (a typed action). The HTTP layer parses and renders;
+the manager decides (validation against limits, state transitions, timeouts, the warm pool);
+the backend does (namespaces, mounts, cgroups). Commands and files go to the sandbox's agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import string
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import errors
+from ..agent.client import AgentClient
+from ..backends import Backend, Limits, SandboxHandle, SandboxSpec
+from ..schema import CreateSandbox, RunCommand
+from ..settings import Settings
+from ..store import SandboxRecord, Store
+from ..templates import template_path
+from . import metrics
+from .pool import Pool
+from .states import LIVE, State, check_transition
+
+log = logging.getLogger("corral.manager")
+
+_ID_CHARS = string.ascii_lowercase + string.digits
+
+
+def new_sandbox_id() -> str:
+    return "".join(secrets.choice(_ID_CHARS) for _ in range(20))
+
+
+@dataclass
+class Live:
+    """A sandbox this server runs: its record, backend handle and agent client."""
+
+    record: SandboxRecord
+    handle: SandboxHandle
+    agent: AgentClient
+    timer: asyncio.TimerHandle | None = None
+    watcher: asyncio.Task[None] | None = None
+    ending: bool = False
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class Manager:
+    def __init__(self, settings: Settings, backend: Backend, store: Store) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.live: dict[str, Live] = {}
+        self.pool = Pool(self, settings.pool_size)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # ----------------------------------------------------------------- lifecycle of the service
+
+    async def start(self) -> None:
+        """Reattach to sandboxes that survived a restart, reap the rest, then warm the pool."""
+        keep: set[str] = set()
+        for rec in self.store.list(states=[s.value for s in LIVE], limit=100000):
+            handle = self.backend.handle_from_state(rec.id, rec.backend_state)
+            alive = False
+            if rec.state == State.RUNNING and await self.backend.is_alive(handle):
+                try:
+                    await AgentClient(handle.agent_socket).ping()
+                    alive = True
+                except errors.CorralError:
+                    alive = False
+            if alive:
+                keep.add(rec.id)
+                self._adopt(rec, handle)
+                self.store.add_event(rec.id, "reattached")
+                log.info("reattached sandbox %s", rec.id)
+            else:
+                await self._safe_cleanup(handle)
+                self._transition(rec, State.FAILED, "lost while the server was down; its resources were reaped")
+        reaped = await self.backend.reap_orphans(keep)
+        if reaped:
+            log.info("reaped %d orphaned sandboxes: %s", len(reaped), ", ".join(reaped))
+        self.pool.start()
+
+    async def shutdown(self) -> None:
+        """Kill every sandbox this server owns (SIGTERM path)."""
+        self._closing = True
+        await self.pool.close()
+        await asyncio.gather(
+            *(self._end(lv, State.KILLED, "server shut down") for lv in list(self.live.values())),
+            return_exceptions=True,
+        )
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.backend.close()
+
+    # ----------------------------------------------------------------- sandbox actions
+
+    async def create(self, req: CreateSandbox) -> SandboxRecord:
+        s = self.settings
+        if self._closing:
+            raise errors.UnavailableError("the server is shutting down")
+        timeout = req.timeout or s.default_timeout
+        if timeout > s.max_timeout:
+            raise errors.InvalidRequestError(f"timeout {timeout} s is over the maximum of {s.max_timeout} s")
+        limits = Limits(
+            cpu_count=_bounded("cpu_count", req.cpu_count or s.default_cpu_count, s.max_cpu_count),
+            memory_mb=int(_bounded("memory_mb", req.memory_mb or s.default_memory_mb, s.max_memory_mb)),
+            disk_mb=int(_bounded("disk_mb", req.disk_mb or s.default_disk_mb, s.max_disk_mb)),
+        )
+        running = sum(1 for lv in self.live.values() if not lv.ending)
+        if running >= s.max_sandboxes:
+            raise errors.LimitExceededError(f"{running} sandboxes are running, the maximum is {s.max_sandboxes}")
+        rootfs = template_path(s.templates_dir, req.template)
+        started = time.perf_counter()
+        handle = await self.pool.claim(req.template)
+        if handle is None:
+            sandbox_id = new_sandbox_id()
+            spec = SandboxSpec(sandbox_id=sandbox_id, template_dir=rootfs, limits=limits, internet=req.internet)
+            handle = await self.backend.start(spec)
+        else:
+            sandbox_id = handle.sandbox_id
+        now = time.time()
+        rec = SandboxRecord(
+            id=sandbox_id, template=req.template, state=State.RUNNING, backend=self.backend.name,
+            created_at=now, end_at=now + timeout, cpu_count=limits.cpu_count, memory_mb=limits.memory_mb,
+            disk_mb=limits.disk_mb, internet=req.internet, metadata=dict(req.metadata), envs=dict(req.envs),
+            backend_state=handle.state,
+        )
+        lv = self._adopt(rec, handle)
+        try:
+            await self.backend.configure(handle, limits, req.internet)
+            if req.envs:
+                await lv.agent.configure(envs=req.envs, hostname=sandbox_id)
+        except BaseException:
+            self.live.pop(sandbox_id, None)
+            await self._safe_cleanup(handle)
+            raise
+        self.store.insert(rec)
+        self.store.add_event(sandbox_id, "created", template=req.template, pooled=handle.state.get("pooled", False))
+        metrics.CREATED.inc()
+        metrics.CREATE_SECONDS.observe(time.perf_counter() - started)
+        return rec
+
+    def get(self, sandbox_id: str) -> SandboxRecord:
+        lv = self.live.get(sandbox_id)
+        if lv is not None:
+            return lv.record
+        rec = self.store.get(sandbox_id)
+        if rec is None:
+            raise errors.SandboxNotFoundError(f"sandbox {sandbox_id!r} does not exist")
+        return rec
+
+    def list(self, states: list[str] | None = None, metadata: dict[str, str] | None = None) -> list[SandboxRecord]:
+        for st in states or []:
+            if st not in State.__members__.values():
+                raise errors.InvalidRequestError(f"unknown state {st!r}; states are {', '.join(State)}")
+        if not states or set(states) <= {s.value for s in LIVE}:
+            records = [lv.record for lv in self.live.values() if not states or lv.record.state in states]
+        else:
+            records = self.store.list(states=states)
+        if metadata:
+            records = [r for r in records if all(r.metadata.get(k) == v for k, v in metadata.items())]
+        return sorted(records, key=lambda r: r.created_at, reverse=True)
+
+    async def set_timeout(self, sandbox_id: str, timeout: int) -> SandboxRecord:
+        if timeout > self.settings.max_timeout:
+            raise errors.InvalidRequestError(f"timeout {timeout} s is over the maximum of {self.settings.max_timeout} s")
+        lv = self._running(sandbox_id)
+        lv.record.end_at = time.time() + timeout
+        self.store.update(sandbox_id, end_at=lv.record.end_at)
+        self._schedule_deadline(lv)
+        self.store.add_event(sandbox_id, "timeout_set", timeout=timeout)
+        return lv.record
+
+    async def kill(self, sandbox_id: str) -> None:
+        lv = self.live.get(sandbox_id)
+        if lv is None or lv.ending:
+            self.get(sandbox_id)  # 404 for an unknown id
+            raise errors.SandboxNotRunningError(f"sandbox {sandbox_id!r} is not running")
+        await self._end(lv, State.KILLED, "killed by request")
+
+    # ----------------------------------------------------------------- commands
+
+    async def run_command(self, sandbox_id: str, req: RunCommand) -> AsyncIterator[dict[str, Any]]:
+        lv = self._running(sandbox_id)
+        metrics.COMMANDS.inc()
+        stream = lv.agent.exec(
+            cmd="/bin/bash", args=["-l", "-c", req.cmd], envs=req.envs, cwd=req.cwd, user=req.user,
+            timeout=req.timeout or None, stdin=req.stdin, tag=req.tag,
+        )
+        return await _started(stream)
+
+    async def connect_command(self, sandbox_id: str, pid: int) -> AsyncIterator[dict[str, Any]]:
+        return await _started(self._running(sandbox_id).agent.connect(pid))
+
+    async def list_commands(self, sandbox_id: str) -> list[dict[str, Any]]:
+        return await self._running(sandbox_id).agent.list()
+
+    async def send_stdin(self, sandbox_id: str, pid: int, data: bytes) -> None:
+        await self._running(sandbox_id).agent.send_stdin(pid, data)
+
+    async def close_stdin(self, sandbox_id: str, pid: int) -> None:
+        await self._running(sandbox_id).agent.close_stdin(pid)
+
+    async def signal_command(self, sandbox_id: str, pid: int, signum: int) -> None:
+        await self._running(sandbox_id).agent.signal(pid, signum)
+
+    # ----------------------------------------------------------------- files
+
+    async def read_file(self, sandbox_id: str, path: str, user: str) -> AsyncIterator[bytes]:
+        stream = self._running(sandbox_id).agent.read_file(_path(path, user), user)
+        return await _started(stream)
+
+    async def write_file(self, sandbox_id: str, path: str, user: str, chunks: AsyncIterable[bytes]) -> dict[str, Any]:
+        return await self._running(sandbox_id).agent.write_file(_path(path, user), user, chunks)
+
+    async def list_dir(self, sandbox_id: str, path: str, depth: int, user: str) -> list[dict[str, Any]]:
+        if not 1 <= depth <= 32:
+            raise errors.InvalidRequestError("depth must be between 1 and 32")
+        return await self._running(sandbox_id).agent.list_dir(_path(path, user), depth, user)
+
+    async def stat(self, sandbox_id: str, path: str, user: str) -> dict[str, Any]:
+        return await self._running(sandbox_id).agent.stat(_path(path, user), user)
+
+    async def make_dir(self, sandbox_id: str, path: str, user: str) -> bool:
+        result = await self._running(sandbox_id).agent.mkdir(_path(path, user), user)
+        return bool(result.get("created", False)) if isinstance(result, dict) else bool(result)
+
+    async def remove(self, sandbox_id: str, path: str, user: str) -> None:
+        await self._running(sandbox_id).agent.remove(_path(path, user), user)
+
+    async def rename(self, sandbox_id: str, src: str, dst: str, user: str) -> dict[str, Any]:
+        return await self._running(sandbox_id).agent.rename(_path(src, user), _path(dst, user), user)
+
+    # ----------------------------------------------------------------- internals
+
+    def _running(self, sandbox_id: str) -> Live:
+        lv = self.live.get(sandbox_id)
+        if lv is None or lv.ending:
+            rec = self.get(sandbox_id)
+            raise errors.SandboxNotRunningError(f"sandbox {sandbox_id!r} is {rec.state}")
+        return lv
+
+    def _adopt(self, rec: SandboxRecord, handle: SandboxHandle) -> Live:
+        lv = Live(record=rec, handle=handle, agent=AgentClient(handle.agent_socket))
+        self.live[rec.id] = lv
+        self._schedule_deadline(lv)
+        lv.watcher = asyncio.get_running_loop().create_task(self._watch(lv))
+        metrics.RUNNING.set(len(self.live))
+        return lv
+
+    def _schedule_deadline(self, lv: Live) -> None:
+        if lv.timer is not None:
+            lv.timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, lv.record.end_at - time.time())
+        lv.timer = loop.call_later(delay, self._expire, lv)
+
+    def _expire(self, lv: Live) -> None:
+        if not lv.ending:
+            self._spawn(self._end(lv, State.EXPIRED, "its timeout passed"))
+
+    async def _watch(self, lv: Live) -> None:
+        """Mark the sandbox failed if its init (and so its agent) exits while it should run."""
+        try:
+            await self.backend.wait_exit(lv.handle)
+        except asyncio.CancelledError:
+            return
+        if not lv.ending:
+            log.warning("sandbox %s died on its own", lv.record.id)
+            await self._end(lv, State.FAILED, "the sandbox's agent exited (killed from inside or out of memory)")
+
+    async def _end(self, lv: Live, state: State, reason: str) -> None:
+        """Stop a sandbox now, record why, and free its resources in the background."""
+        if lv.ending:
+            return
+        lv.ending = True
+        if lv.timer is not None:
+            lv.timer.cancel()
+        if lv.watcher is not None and lv.watcher is not asyncio.current_task():
+            lv.watcher.cancel()
+        try:
+            await self.backend.stop(lv.handle)
+        except Exception:  # the cleanup below retries everything stop does
+            log.exception("stopping sandbox %s", lv.record.id)
+        self._transition(lv.record, state, reason)
+        self.live.pop(lv.record.id, None)
+        metrics.RUNNING.set(len(self.live))
+        self._spawn(self._safe_cleanup(lv.handle))
+
+    def _transition(self, rec: SandboxRecord, state: State, reason: str) -> None:
+        check_transition(State(rec.state), state)
+        rec.state, rec.reason, rec.ended_at = state.value, reason, time.time()
+        if self.store.get(rec.id) is not None:
+            self.store.update(rec.id, state=rec.state, reason=reason, ended_at=rec.ended_at)
+        self.store.add_event(rec.id, state.value, reason=reason)
+        metrics.ENDED.labels(state=state.value).inc()
+
+    async def _safe_cleanup(self, handle: SandboxHandle) -> None:
+        try:
+            await self.backend.cleanup(handle)
+        except Exception:
+            log.exception("cleaning up sandbox %s", handle.sandbox_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def idle(self) -> None:
+        """Wait until background cleanups are done (tests and shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _bounded(name: str, value: float, maximum: float) -> float:
+    if value > maximum:
+        raise errors.InvalidRequestError(f"{name} {value} is over the maximum of {maximum}")
+    return value
+
+
+def _path(path: str, user: str) -> str:
+    if not path or "\0" in path or len(path) > 4096:
+        raise errors.InvalidRequestError("path must be 1-4096 characters without NUL bytes")
+    if path.startswith("/"):
+        return path
+    home = "/root" if user == "root" else f"/home/{user}"
+    return f"{home}/{path}"
+
+
+async def _started(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Pull the first item so errors (unknown pid, missing file) surface before a response starts."""
+    iterator = stream.__aiter__()
+    try:
+        first = await iterator.__anext__()
+    except StopAsyncIteration:
+        first = None
+
+    async def rest() -> AsyncIterator[Any]:
+        try:
+            if first is not None:
+                yield first
+            async for item in iterator:
+                yield item
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return rest()

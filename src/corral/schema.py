@@ -1,0 +1,141 @@
+"""Request and response models of corral's REST API (pydantic), shared by the server and manager."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _check_envs(envs: dict[str, str]) -> dict[str, str]:
+    if len(envs) > 256:
+        raise ValueError("at most 256 environment variables")
+    for name, value in envs.items():
+        if not name or name[0].isdigit() or not set(name) <= ENV_NAME_CHARS or len(name) > 256:
+            raise ValueError(f"invalid environment variable name {name[:64]!r}")
+        if "\0" in value or len(value) > 32768:
+            raise ValueError(f"invalid value for environment variable {name!r} (NUL byte or over 32 KiB)")
+    return envs
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateSandbox(Strict):
+    template: str = Field("base", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    timeout: int | None = Field(None, ge=1, description="Lifetime in seconds (default 300).")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    envs: dict[str, str] = Field(default_factory=dict)
+    cpu_count: float | None = Field(None, gt=0)
+    memory_mb: int | None = Field(None, ge=32)
+    disk_mb: int | None = Field(None, ge=16)
+    internet: bool = True
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 64:
+            raise ValueError("at most 64 metadata entries")
+        for k, v in value.items():
+            if not k or len(k) > 128 or len(v) > 2048:
+                raise ValueError("metadata keys are 1-128 characters, values at most 2048")
+        return value
+
+    _envs = field_validator("envs")(classmethod(lambda cls, v: _check_envs(v)))
+
+
+class SetTimeout(Strict):
+    timeout: int = Field(..., ge=1, description="Seconds from now until the sandbox expires.")
+
+
+class SandboxInfo(BaseModel):
+    sandbox_id: str
+    template: str
+    state: Literal["starting", "running", "killed", "expired", "failed"]
+    started_at: datetime
+    end_at: datetime
+    ended_at: datetime | None = None
+    metadata: dict[str, str]
+    cpu_count: float
+    memory_mb: int
+    disk_mb: int
+    internet: bool
+    reason: str | None = None
+
+
+class SandboxList(BaseModel):
+    sandboxes: list[SandboxInfo]
+
+
+class RunCommand(Strict):
+    cmd: str = Field(..., min_length=1, max_length=256 * 1024)
+    envs: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = Field(None, max_length=4096)
+    user: str = Field("user", min_length=1, max_length=32, pattern=r"^[a-z_][a-z0-9_-]*$")
+    timeout: float | None = Field(60, ge=0, description="Seconds; 0 or null means no limit.")
+    stdin: bool = False
+    tag: str | None = Field(None, max_length=256)
+
+    _envs = field_validator("envs")(classmethod(lambda cls, v: _check_envs(v)))
+
+
+class ProcessInfo(BaseModel):
+    pid: int
+    cmd: str
+    args: list[str] = Field(default_factory=list)
+    cwd: str | None = None
+    tag: str | None = None
+    user: str | None = None
+
+
+class ProcessList(BaseModel):
+    processes: list[ProcessInfo]
+
+
+class SendStdin(Strict):
+    data: str = Field(..., max_length=16 * 1024 * 1024)
+
+
+class SendSignal(Strict):
+    signal: str | int = "SIGTERM"
+
+
+class EntryInfo(BaseModel):
+    name: str
+    path: str
+    type: Literal["file", "dir", "symlink"] | str
+    size: int
+    mode: int
+    permissions: str
+    owner: str
+    group: str
+    modified_time: datetime
+    symlink_target: str | None = None
+
+
+class EntryList(BaseModel):
+    entries: list[EntryInfo]
+
+
+class MakeDir(Strict):
+    path: str = Field(..., min_length=1, max_length=4096)
+    user: str = Field("user", pattern=r"^[a-z_][a-z0-9_-]*$", max_length=32)
+
+
+class MakeDirResult(BaseModel):
+    created: bool
+
+
+class Rename(Strict):
+    src: str = Field(..., min_length=1, max_length=4096)
+    dst: str = Field(..., min_length=1, max_length=4096)
+    user: str = Field("user", pattern=r"^[a-z_][a-z0-9_-]*$", max_length=32)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str

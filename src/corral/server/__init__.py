@@ -1,0 +1,1 @@
+"""HTTP layer: parse, authenticate, serialize. No decisions (those are the manager's)."""

@@ -1,0 +1,122 @@
+"""The ASGI app: authentication, error rendering, routes, and the process entry point `serve`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__, errors
+from ..manager import Manager
+from ..settings import Settings
+from .auth import OPEN_PATHS, check_key, load_or_create_key
+from .routes import commands, files, sandboxes
+
+log = logging.getLogger("corral.server")
+
+MAX_JSON_BODY = 20 * 1024 * 1024
+
+
+def error_response(err: errors.CorralError) -> JSONResponse:
+    return JSONResponse(err.to_body(), status_code=err.status)
+
+
+def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
+    """Build the app. Without a manager, the lifespan builds one from settings (store + backend)."""
+    api_key, created = load_or_create_key(settings.data_dir, settings.api_key)
+    if created:
+        print(f"corral: generated API key (stored in {settings.data_dir / 'api_key'}): {api_key}", flush=True)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        m = manager or build_manager(settings)
+        app.state.manager = m
+        await m.start()
+        try:
+            yield
+        finally:
+            await m.shutdown()
+
+    app = FastAPI(title="corral", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Any:
+        if request.url.path not in OPEN_PATHS:
+            try:
+                check_key(api_key, {k.lower(): v for k, v in request.headers.items()})
+            except errors.CorralError as err:
+                return error_response(err)
+        if request.method in ("POST", "PUT", "PATCH") and not request.url.path.endswith("/files"):
+            length = request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > MAX_JSON_BODY:
+                return error_response(errors.PayloadTooLargeError(f"request body over {MAX_JSON_BODY} bytes"))
+        return await call_next(request)
+
+    @app.exception_handler(errors.CorralError)
+    async def corral_error(request: Request, err: errors.CorralError) -> JSONResponse:
+        return error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in err.errors()[:5]:
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        return error_response(errors.InvalidRequestError("; ".join(parts) or "invalid request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        cls = {404: errors.NotFoundError, 405: errors.InvalidRequestError}.get(err.status_code, errors.CorralError)
+        body = {"code": cls.code, "message": str(err.detail)}
+        return JSONResponse(body, status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(errors.CorralError(f"internal error: {type(err).__name__}"))
+
+    @app.get("/health", tags=["service"])
+    async def health(request: Request) -> dict[str, Any]:
+        m: Manager = request.app.state.manager
+        return {"status": "ok", "version": __version__, "backend": m.backend.name, "sandboxes": len(m.live)}
+
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
+    async def metrics_endpoint() -> PlainTextResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(sandboxes.router)
+    app.include_router(commands.router)
+    app.include_router(files.router)
+    return app
+
+
+def build_manager(settings: Settings) -> Manager:
+    from ..backends import load_backend
+    from ..store import Store
+
+    backend = load_backend(settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet)
+    return Manager(settings, backend, Store(settings.db_path))
+
+
+def serve(overrides: dict[str, Any] | None = None) -> None:
+    """`corral serve`: build the default template if needed, then serve until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from ..templates import ensure_template
+    from ..templates.builder import _progress_printer
+
+    settings = Settings.load(overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_template(settings.templates_dir, "base", progress=_progress_printer())
+    app = create_app(settings)
+    print(f"corral {__version__} serving on http://{settings.host}:{settings.port}", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)

@@ -1,0 +1,139 @@
+"""Test helpers: a real corral server in a subprocess, and counting what sandboxes leave behind."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = Path(os.environ.get("CORRAL_TEMPLATES_DIR", "/var/lib/corral/templates"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll with a deadline (no blind sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class ServerProcess:
+    """`corral serve` on a loopback port, in its own data and run dirs."""
+
+    name: str = field(default_factory=lambda: secrets.token_hex(3))
+    pool_size: int = 2
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = "test-" + secrets.token_hex(16)
+        self.data_dir = Path(f"/var/tmp/corral-test-{self.name}")
+        self.run_dir = Path(f"/run/corral-test-{self.name}")
+        self.log_path = self.data_dir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            CORRAL_API_KEY=self.api_key,
+            CORRAL_DATA_DIR=str(self.data_dir),
+            CORRAL_RUN_DIR=str(self.run_dir),
+            CORRAL_TEMPLATES_DIR=str(TEMPLATES_DIR),
+            CORRAL_POOL_SIZE=str(self.pool_size),
+            CORRAL_LOG_LEVEL="info",
+            **self.extra_env,
+        )
+        return env
+
+    def start(self) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corral.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_until(self._healthy, timeout=300, interval=0.05, what=f"corral server on {self.url} (log: {self.log_path})")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            return httpx.get(self.url + "/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self.proc = None
+        return code
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": self.api_key}, timeout=60)
+
+    def remove_dirs(self) -> None:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        try:
+            self.run_dir.rmdir()
+        except OSError:
+            pass
+
+
+def leftovers(run_dir: Path, sandbox_ids: set[str] | None = None) -> dict[str, list[str]]:
+    """What sandboxes under run_dir (or with these ids) left on the host."""
+    tag = str(run_dir)
+    found: dict[str, list[str]] = {}
+    found["mounts"] = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if tag in line]
+    found["run_entries"] = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
+    if sandbox_ids:
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        found["netns"] = [line for line in netns.splitlines() if any(i in line for i in sandbox_ids)]
+        cgroups = []
+        for root in Path("/sys/fs/cgroup").glob("**/corral*"):
+            cgroups += [str(p) for p in root.rglob("*") if p.is_dir() and any(i in p.name for i in sandbox_ids)]
+        found["cgroups"] = cgroups
+        procs = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if "bwrap" in cmdline and any(i in cmdline for i in sandbox_ids):
+                    procs.append(f"{p.name}: {cmdline[:120]}")
+        found["processes"] = procs
+    return {k: v for k, v in found.items() if v}
