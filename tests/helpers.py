@@ -70,11 +70,11 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "corral.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "corral.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         wait_until(self._healthy, timeout=300, interval=0.05, what=f"corral server on {self.url} (log: {self.log_path})")
         return self
 
@@ -117,14 +117,20 @@ def leftovers(run_dir: Path, sandbox_ids: set[str] | None = None) -> dict[str, l
     """What sandboxes under run_dir (or with these ids) left on the host."""
     tag = str(run_dir)
     found: dict[str, list[str]] = {}
-    found["mounts"] = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if tag in line]
-    found["run_entries"] = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
+    def ours(text: str) -> bool:
+        return sandbox_ids is None or any(i in text for i in sandbox_ids)
+
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if tag in line]
+    found["mounts"] = [m for m in mounts if ours(m)]
+    entries = [p.name for p in run_dir.iterdir() if p.is_dir()] if run_dir.is_dir() else []
+    found["run_entries"] = [e for e in entries if ours(e)]
     if sandbox_ids:
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         found["netns"] = [line for line in netns.splitlines() if any(i in line for i in sandbox_ids)]
         cgroups = []
-        for root in Path("/sys/fs/cgroup").glob("**/corral*"):
-            cgroups += [str(p) for p in root.rglob("*") if p.is_dir() and any(i in p.name for i in sandbox_ids)]
+        for top in [Path("/sys/fs/cgroup/corral"), *Path("/sys/fs/cgroup").glob("*/corral")]:
+            for dirpath, dirnames, _ in os.walk(top):  # errors (a dir removed meanwhile) are ignored
+                cgroups += [f"{dirpath}/{d}" for d in dirnames if any(i in d for i in sandbox_ids)]
         found["cgroups"] = cgroups
         procs = []
         for p in Path("/proc").iterdir():
@@ -137,3 +143,15 @@ def leftovers(run_dir: Path, sandbox_ids: set[str] | None = None) -> dict[str, l
                     procs.append(f"{p.name}: {cmdline[:120]}")
         found["processes"] = procs
     return {k: v for k, v in found.items() if v}
+
+
+def assert_clean(run_dir: Path, sandbox_ids: set[str] | None = None, timeout: float = 30.0) -> None:
+    """Wait (with a deadline) until the sandboxes left nothing behind; fail naming what remains."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = leftovers(run_dir, sandbox_ids)
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"left behind after {timeout} s: {left}")
+        time.sleep(0.05)

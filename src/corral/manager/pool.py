@@ -32,6 +32,9 @@ class Pool:
         if self.size > 0:
             self._task = asyncio.get_running_loop().create_task(self._fill_forever())
 
+    def ready_count(self) -> int:
+        return sum(len(handles) for handles in self.ready.values())
+
     async def claim(self, template: str) -> SandboxHandle | None:
         if self.size <= 0:
             return None

@@ -85,7 +85,8 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     @app.get("/health", tags=["service"])
     async def health(request: Request) -> dict[str, Any]:
         m: Manager = request.app.state.manager
-        return {"status": "ok", "version": __version__, "backend": m.backend.name, "sandboxes": len(m.live)}
+        return {"status": "ok", "version": __version__, "backend": m.backend.name, "sandboxes": len(m.live),
+                "pool_ready": m.pool.ready_count()}
 
     @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     async def metrics_endpoint() -> PlainTextResponse:

@@ -1,0 +1,170 @@
+"""`make bench`: corral's numbers next to their floor, printed as a table and written as JSON.
+
+Scenarios (issue 2): create + first output of `echo hi` + kill through the SDK over HTTP; command
+round trip of `true`; 200 concurrent idle sandboxes (host memory each, time to create all);
+20 parallel clients doing create/run/kill for a fixed time (errors, leftovers, sandboxes/s).
+Set BENCH_QUICK=1 for a short smoke run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from corral import AsyncSandbox, Sandbox  # noqa: E402
+from corral.templates import template_path  # noqa: E402
+from helpers import TEMPLATES_DIR, ServerProcess, assert_clean, leftovers, wait_until  # noqa: E402
+
+from .floor import bare_bwrap_echo  # noqa: E402
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pct(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def ms(samples: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(pct(samples, 50) * 1000, 2), "p95_ms": round(pct(samples, 95) * 1000, 2),
+            "min_ms": round(min(samples) * 1000, 2), "n": len(samples)}
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable")
+
+
+def bench_create_run_kill(server: ServerProcess, runs: int) -> dict:
+    kw = {"api_url": server.url, "api_key": server.api_key}
+    samples = []
+    for i in range(runs + 3):
+        # Pace like a real client: give the warm pool its refill time between creates.
+        wait_until(lambda: server_pool_ready(server), timeout=10, interval=0.005, what="warm pool")
+        t0 = time.perf_counter()
+        sbx = Sandbox.create(**kw)
+        result = sbx.commands.run("echo hi")
+        assert result.stdout == "hi\n"
+        sbx.kill()
+        t1 = time.perf_counter()
+        if i >= 3:
+            samples.append(t1 - t0)
+    return ms(samples)
+
+
+def server_pool_ready(server: ServerProcess) -> bool:
+    with server.client() as c:
+        return c.get("/health").json().get("pool_ready", 1) > 0
+
+
+def bench_round_trip(server: ServerProcess, runs: int) -> dict:
+    with Sandbox.create(api_url=server.url, api_key=server.api_key) as sbx:
+        for _ in range(5):
+            sbx.commands.run("true")
+        samples = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sbx.commands.run("true")
+            samples.append(time.perf_counter() - t0)
+    return ms(samples)
+
+
+async def bench_idle(server: ServerProcess, count: int) -> dict:
+    kw = {"api_url": server.url, "api_key": server.api_key}
+    before = mem_available()
+    t0 = time.perf_counter()
+    sem = asyncio.Semaphore(16)
+
+    async def one() -> AsyncSandbox:
+        async with sem:
+            return await AsyncSandbox.create(timeout=600, **kw)
+
+    sandboxes = await asyncio.gather(*(one() for _ in range(count)))
+    elapsed = time.perf_counter() - t0
+    await asyncio.sleep(1)
+    used = before - mem_available()
+    await asyncio.gather(*(s.kill() for s in sandboxes))
+    return {"sandboxes": count, "create_all_s": round(elapsed, 2), "host_mib_each": round(used / count / 2**20, 2)}
+
+
+async def bench_parallel(server: ServerProcess, clients: int, seconds: float) -> dict:
+    kw = {"api_url": server.url, "api_key": server.api_key}
+    done, errors_seen, ids = 0, [], set()
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        while time.monotonic() < deadline:
+            try:
+                sbx = await AsyncSandbox.create(**kw)
+                ids.add(sbx.sandbox_id)
+                r = await sbx.commands.run("echo ok")
+                assert r.stdout.strip() == "ok", r.stdout
+                await sbx.kill()
+                done += 1
+            except Exception as exc:  # counted and reported, the run goes on
+                errors_seen.append(repr(exc)[:200])
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - t0
+    assert_clean(server.run_dir, ids, timeout=60)
+    return {"clients": clients, "seconds": round(elapsed, 1), "sandboxes": done,
+            "sandboxes_per_s": round(done / elapsed, 1), "errors": len(errors_seen), "first_errors": errors_seen[:3],
+            "leftovers": leftovers(server.run_dir, ids)}
+
+
+def main() -> int:
+    rootfs = template_path(TEMPLATES_DIR, "base")
+    results: dict = {"machine": {"cores": os.cpu_count()}, "quick": QUICK}
+    print("measuring the floor (bare bwrap echo on a tmpfs overlay)...", flush=True)
+    results["floor_bwrap_echo"] = ms(bare_bwrap_echo(rootfs, runs=10 if QUICK else 40))
+    server = ServerProcess(pool_size=4).start()
+    try:
+        print("create + first output + kill through the SDK...", flush=True)
+        results["create_echo_kill"] = bench_create_run_kill(server, runs=10 if QUICK else 60)
+        print("command round trip...", flush=True)
+        results["command_round_trip"] = bench_round_trip(server, runs=30 if QUICK else 200)
+        print("concurrent idle sandboxes...", flush=True)
+        results["idle_sandboxes"] = asyncio.run(bench_idle(server, 20 if QUICK else 200))
+        print("parallel clients...", flush=True)
+        results["parallel_clients"] = asyncio.run(bench_parallel(server, 4 if QUICK else 20, 5 if QUICK else 60))
+    finally:
+        server.stop()
+        server.remove_dirs()
+
+    floor = results["floor_bwrap_echo"]
+    rows = [
+        ("floor: bare bwrap echo on overlay", f"{floor['p50_ms']} ms", f"{floor['p95_ms']} ms", "-"),
+        ("create + echo hi + kill (SDK, HTTP)", f"{results['create_echo_kill']['p50_ms']} ms",
+         f"{results['create_echo_kill']['p95_ms']} ms", "p50 <= 25 ms, p95 <= 50 ms"),
+        ("command round trip `true`", f"{results['command_round_trip']['p50_ms']} ms",
+         f"{results['command_round_trip']['p95_ms']} ms", "p50 <= 5 ms"),
+        (f"{results['idle_sandboxes']['sandboxes']} idle sandboxes", f"{results['idle_sandboxes']['host_mib_each']} MiB each",
+         f"all in {results['idle_sandboxes']['create_all_s']} s", "<= 5 MiB each, <= 10 s"),
+        (f"{results['parallel_clients']['clients']} parallel clients", f"{results['parallel_clients']['sandboxes_per_s']} sandboxes/s",
+         f"{results['parallel_clients']['errors']} errors", "0 errors, 0 leftovers"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'scenario':<{width}}  {'p50 / value':>18}  {'p95 / extra':>18}  target")
+    for name, a, b, target in rows:
+        print(f"{name:<{width}}  {a:>18}  {b:>18}  {target}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"core-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
