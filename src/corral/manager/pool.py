@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from ..agent.client import AgentClient
 from ..backends import Limits, SandboxHandle, SandboxSpec
 from ..templates import template_path
 
@@ -82,7 +83,13 @@ class Pool:
                     limits=Limits(cpu_count=s.default_cpu_count, memory_mb=s.default_memory_mb, disk_mb=s.default_disk_mb),
                     internet=False,
                 )
-                ready.append(await self.manager.backend.start(spec))
+                handle = await self.manager.backend.start(spec)
+                try:
+                    await _warm_up(handle)
+                except Exception:
+                    await self.manager.backend.cleanup(handle)
+                    raise
+                ready.append(handle)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -91,3 +98,11 @@ class Pool:
         handles = [h for ready in self.ready.values() for h in ready]
         self.ready.clear()
         await asyncio.gather(*(self.manager.backend.cleanup(h) for h in handles), return_exceptions=True)
+
+
+async def _warm_up(handle: SandboxHandle) -> None:
+    """Run one login shell, so the claimer's first command finds the agent and the caches warm."""
+    async for _ in AgentClient(handle.agent_socket).exec(
+        cmd="/bin/bash", args=["-l", "-c", "true"], envs={}, cwd=None, user="user", timeout=10, stdin=False, tag=None
+    ):
+        pass

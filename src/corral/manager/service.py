@@ -59,6 +59,16 @@ class Manager:
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Manager:
+        """The manager with the store and the backend that the settings name."""
+        from ..backends import load_backend
+
+        backend = load_backend(
+            settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet
+        )
+        return cls(settings, backend, Store(settings.db_path))
+
     # ----------------------------------------------------------------- lifecycle of the service
 
     async def start(self) -> None:

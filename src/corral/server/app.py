@@ -35,7 +35,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        m = manager or build_manager(settings)
+        m = manager or Manager.from_settings(settings)
         app.state.manager = m
         await m.start()
         try:
@@ -98,14 +98,6 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app.include_router(commands.router)
     app.include_router(files.router)
     return app
-
-
-def build_manager(settings: Settings) -> Manager:
-    from ..backends import load_backend
-    from ..store import Store
-
-    backend = load_backend(settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet)
-    return Manager(settings, backend, Store(settings.db_path))
 
 
 def serve(overrides: dict[str, Any] | None = None) -> None:

@@ -8,9 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from ... import errors
-from ...manager import Manager
+from ...manager import Manager, SandboxRecord
 from ...schema import CreateSandbox, SandboxInfo, SandboxList, SetTimeout
-from ...store import SandboxRecord
 from .deps import manager
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
