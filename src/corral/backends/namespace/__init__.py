@@ -1,0 +1,1 @@
+"""The namespace backend (bubblewrap + user namespace + overlayfs + cgroups + netns + seccomp); see backend.py."""

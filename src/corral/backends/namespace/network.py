@@ -1,0 +1,299 @@
+"""Per-sandbox network: netns ``corral-<id>``, a veth pair, a /30, and the ``inet corral`` nft table.
+
+Host side ``crl<12 hex>`` holds .1, the sandbox's ``eth0`` holds .2 and routes everything via .1.
+The nft table keeps sandboxes off the host, off each other and off the metadata address, and
+NATs them out only while their veth is in the ``internet_on`` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+NETNS_DIR = Path("/run/netns")
+NETNS_PREFIX = "corral-"
+VETH_PREFIX = "crl"
+TABLE = "corral"
+NO_ROUTER_MARK = "corral-no-router"
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+METADATA_ADDR = "169.254.169.254"
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+async def run(argv: list[str], input: str | None = None, check: bool = True) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+    )
+    out, err = await proc.communicate(input.encode() if input is not None else None)
+    if check and proc.returncode != 0:
+        raise NetworkError(
+            f"{' '.join(argv[:3])} failed ({proc.returncode}): {err.decode(errors='replace').strip()[-500:]}"
+        )
+    return out.decode(errors="replace")
+
+
+def veth_name(sandbox_id: str) -> str:
+    return VETH_PREFIX + hashlib.sha256(sandbox_id.encode()).hexdigest()[:12]
+
+
+def netns_name(sandbox_id: str) -> str:
+    return NETNS_PREFIX + sandbox_id
+
+
+def netns_path(sandbox_id: str) -> Path:
+    return NETNS_DIR / netns_name(sandbox_id)
+
+
+@dataclass(frozen=True)
+class Addresses:
+    index: int
+    host: str
+    sandbox: str
+    prefixlen: int = 30
+
+
+IPAM_DIR = Path("/run/corral-ipam")
+
+
+class IpPool:
+    """Hands out /30 blocks of the subnet by index (index i -> the i-th /30).
+
+    Reservations are files ``<IPAM_DIR>/<subnet>/<index>`` created with O_EXCL and holding the
+    owner (the sandbox's run dir): atomic across every backend instance and process on the
+    host, and gone with /run on reboot.
+    """
+
+    def __init__(
+        self, subnet: str, state_dir: Path = IPAM_DIR, route_table: Path = Path("/proc/net/route")
+    ) -> None:
+        self.route_table = route_table
+        self.net = ipaddress.IPv4Network(subnet)
+        if self.net.prefixlen > 30:
+            raise ValueError(f"subnet {subnet} is smaller than a /30")
+        self.size = 2 ** (30 - self.net.prefixlen)
+        self.dir = state_dir / str(self.net).replace("/", "_")
+        self._next = 0
+
+    def addresses(self, index: int) -> Addresses:
+        if not 0 <= index < self.size:
+            raise ValueError(f"ip index {index} outside {self.net}")
+        base = int(self.net.network_address) + 4 * index
+        return Addresses(index, str(ipaddress.IPv4Address(base + 1)), str(ipaddress.IPv4Address(base + 2)))
+
+    def index_of(self, address: str) -> int | None:
+        a = ipaddress.IPv4Address(address)
+        if a not in self.net:
+            return None
+        return (int(a) - int(self.net.network_address)) // 4
+
+    def _claim(self, index: int, owner: str) -> bool:
+        try:
+            fd = os.open(self.dir / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, owner.encode())
+        finally:
+            os.close(fd)
+        return True
+
+    def routed_indices(self) -> set[int]:
+        """Blocks that already have a route on the host (e.g. a veth left by older code)."""
+        used: set[int] = set()
+        try:
+            lines = self.route_table.read_text().splitlines()[1:]
+        except OSError:
+            return used
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 8:
+                continue
+            dest = ipaddress.IPv4Address(int(fields[1], 16).to_bytes(4, "little"))
+            if dest in self.net and fields[7] != "00000000":
+                used.add((int(dest) - int(self.net.network_address)) // 4)
+        return used
+
+    def allocate(self, owner: str) -> Addresses:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        routed = self.routed_indices()
+        for k in range(self.size):
+            i = (self._next + k) % self.size
+            if i not in routed and self._claim(i, owner):
+                self._next = (i + 1) % self.size
+                return self.addresses(i)
+        raise NetworkError(f"no free address block left in {self.net}")
+
+    def owner(self, index: int) -> str | None:
+        try:
+            return (self.dir / str(index)).read_text()
+        except FileNotFoundError:
+            return None
+
+    def mark_used(self, index: int, owner: str) -> None:
+        """Re-claim a block recorded in a handle (e.g. after a restart, or a reboot of /run)."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._claim(index, owner)
+
+    def free(self, index: int | None, owner: str) -> None:
+        if index is None:
+            return
+        # Only our own reservation: a stale handle must not free a block someone else holds now.
+        if self.owner(index) == owner:
+            (self.dir / str(index)).unlink(missing_ok=True)
+
+    def used(self) -> dict[int, str]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return {}
+        return {int(n): self.owner(int(n)) or "" for n in names if n.isdigit()}
+
+
+# ---- nftables ------------------------------------------------------------------------------
+
+
+def ruleset(subnet: str, no_router: bool) -> str:
+    """The whole ``inet corral`` table, applied idempotently (the internet_on set is kept)."""
+    v = f'"{VETH_PREFIX}*"'
+    lines = [
+        f"add table inet {TABLE}",
+        f"add set inet {TABLE} internet_on {{ type ifname; }}",
+        f"add chain inet {TABLE} input {{ type filter hook input priority -10; policy accept; }}",
+        f"add chain inet {TABLE} forward {{ type filter hook forward priority -10; policy accept; }}",
+        f"add chain inet {TABLE} postrouting {{ type nat hook postrouting priority 100; policy accept; }}",
+        f"flush chain inet {TABLE} input",
+        f"flush chain inet {TABLE} forward",
+        f"flush chain inet {TABLE} postrouting",
+        # SECURITY: the host itself (every address it has, the control API included) is
+        # unreachable from sandboxes; only answers to connections the host opened come back.
+        f"add rule inet {TABLE} input iifname {v} ct state established,related accept",
+        f"add rule inet {TABLE} input iifname {v} drop",
+        # SECURITY: no sandbox-to-sandbox traffic, no cloud metadata, no IPv6 out.
+        f"add rule inet {TABLE} forward iifname {v} oifname {v} drop",
+        f"add rule inet {TABLE} forward iifname {v} ip daddr {METADATA_ADDR} drop",
+        f"add rule inet {TABLE} forward iifname {v} meta nfproto ipv6 drop",
+        # SECURITY: internet only for sandboxes whose veth is in internet_on.
+        f"add rule inet {TABLE} forward iifname {v} iifname != @internet_on drop",
+        f"add rule inet {TABLE} forward iifname {v} ip saddr {subnet} accept",
+        f"add rule inet {TABLE} forward iifname {v} drop",
+        f"add rule inet {TABLE} forward oifname {v} ct state established,related accept",
+        # SECURITY: nothing from outside opens connections into a sandbox.
+        f"add rule inet {TABLE} forward oifname {v} drop",
+    ]
+    if no_router:
+        # SECURITY: forwarding was off before corral; keep the host from routing anything else.
+        lines.append(
+            f'add rule inet {TABLE} forward iifname != {v} oifname != {v} drop comment "{NO_ROUTER_MARK}"'
+        )
+    lines.append(f"add rule inet {TABLE} postrouting ip saddr {subnet} oifname != {v} masquerade")
+    return "\n".join(lines) + "\n"
+
+
+async def init_firewall(subnet: str) -> None:
+    """Install the table (idempotent), then turn on IPv4 forwarding."""
+    existing = await run(["nft", "list", "table", "inet", TABLE], check=False)
+    forward_was_on = IP_FORWARD.read_text().strip() == "1"
+    no_router = NO_ROUTER_MARK in existing or not forward_was_on
+    await run(["nft", "-f", "-"], input=ruleset(subnet, no_router))
+    if not forward_was_on:
+        # SECURITY: only now that the forward rules are in place.
+        IP_FORWARD.write_text("1\n")
+
+
+async def set_internet(veth: str, on: bool) -> None:
+    # "add" then "delete" in one transaction makes the delete idempotent.
+    script = f'add element inet {TABLE} internet_on {{ "{veth}" }}\n'
+    if not on:
+        script += f'delete element inet {TABLE} internet_on {{ "{veth}" }}\n'
+    await run(["nft", "-f", "-"], input=script)
+
+
+# ---- netns + veth --------------------------------------------------------------------------
+
+
+async def create(sandbox_id: str, addr: Addresses) -> None:
+    ns, veth = netns_name(sandbox_id), veth_name(sandbox_id)
+    host = (
+        f"netns add {ns}\n"
+        f"link add {veth} type veth peer name eth0 netns {ns}\n"
+        f"addr add {addr.host}/{addr.prefixlen} dev {veth}\n"
+        f"link set {veth} up\n"
+    )
+    inside = (
+        f"addr add {addr.sandbox}/{addr.prefixlen} dev eth0\n"
+        "link set eth0 up\n"
+        "link set lo up\n"
+        f"route add default via {addr.host}\n"
+    )
+    await run(["ip", "-batch", "-"], input=host)
+    await run(["ip", "-n", ns, "-batch", "-"], input=inside)
+
+
+async def destroy(sandbox_id: str, veth: str | None = None) -> None:
+    """Delete the veth and the netns; missing pieces are fine."""
+    ns, veth = netns_name(sandbox_id), veth or veth_name(sandbox_id)
+    script = ""
+    if Path(f"/sys/class/net/{veth}").exists():
+        script += f"link del {veth}\n"
+    if netns_path(sandbox_id).exists():
+        script += f"netns del {ns}\n"
+    if script:
+        await run(["ip", "-force", "-batch", "-"], input=script, check=False)
+
+
+def list_netns_ids() -> set[str]:
+    try:
+        return {n[len(NETNS_PREFIX) :] for n in os.listdir(NETNS_DIR) if n.startswith(NETNS_PREFIX)}
+    except FileNotFoundError:
+        return set()
+
+
+# ---- files bound into the sandbox ----------------------------------------------------------
+
+
+def _nameservers(path: Path) -> list[str]:
+    servers = []
+    try:
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                servers.append(parts[1])
+    except OSError:
+        pass
+    return servers
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr.split("%")[0]).is_loopback
+    except ValueError:
+        return True
+
+
+def resolv_conf(
+    sources: Iterable[Path] = (Path("/etc/resolv.conf"), Path("/run/systemd/resolve/resolv.conf")),
+) -> str:
+    """The host's non-loopback nameservers (a sandbox cannot reach the host's own resolver)."""
+    servers: list[str] = []
+    for src in sources:
+        servers = [s for s in _nameservers(src) if not _is_loopback(s)]
+        if servers:
+            break
+    v4 = [s for s in servers if ":" not in s]
+    return "".join(f"nameserver {s}\n" for s in (v4 or servers)[:3])
+
+
+def hosts_file(sandbox_id: str) -> str:
+    return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{sandbox_id}\n"
