@@ -1,0 +1,89 @@
+"""corral: self-hosted sandboxes for AI-generated code.
+
+    from corral import Sandbox
+
+    with Sandbox.create() as sbx:
+        print(sbx.commands.run("echo hello").stdout)
+
+This module imports only the SDK and the error tree: it works on any platform, without the
+server's dependencies.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from corral.errors import (
+    AuthenticationError,
+    CommandExitError,
+    ConflictError,
+    CorralError,
+    FileExistsError_,
+    FileNotFoundError_,
+    InvalidRequestError,
+    IsADirectoryError_,
+    LimitExceededError,
+    NotADirectoryError_,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    ProcessNotFoundError,
+    SandboxFailedError,
+    SandboxNotFoundError,
+    SandboxNotRunningError,
+    TemplateNotFoundError,
+    TimeoutError_,
+    UnavailableError,
+)
+from corral.sdk import (
+    AsyncSandbox,
+    CommandHandle,
+    CommandResult,
+    CommandTimeoutError,
+    EntryInfo,
+    ProcessInfo,
+    Sandbox,
+    SandboxInfo,
+)
+
+try:
+    __version__ = version("corral")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+# The E2B-style names; they shadow the builtins only inside this namespace.
+TimeoutError = TimeoutError_
+FileNotFoundError = FileNotFoundError_
+FileExistsError = FileExistsError_
+NotADirectoryError = NotADirectoryError_
+IsADirectoryError = IsADirectoryError_
+
+__all__ = [
+    "AsyncSandbox",
+    "AuthenticationError",
+    "CommandExitError",
+    "CommandHandle",
+    "CommandResult",
+    "CommandTimeoutError",
+    "ConflictError",
+    "CorralError",
+    "EntryInfo",
+    "FileExistsError",
+    "FileNotFoundError",
+    "InvalidRequestError",
+    "IsADirectoryError",
+    "LimitExceededError",
+    "NotADirectoryError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "ProcessInfo",
+    "ProcessNotFoundError",
+    "Sandbox",
+    "SandboxFailedError",
+    "SandboxInfo",
+    "SandboxNotFoundError",
+    "SandboxNotRunningError",
+    "TemplateNotFoundError",
+    "TimeoutError",
+    "UnavailableError",
+    "__version__",
+]

@@ -1,0 +1,94 @@
+"""One HTTP connection pool to corral: JSON requests and streamed answers, errors mapped."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import httpx
+
+from corral.sdk._errors import error_from_response, transport_errors
+from corral.sdk.config import ConnectionConfig
+
+Content = bytes | AsyncIterable[bytes] | None
+
+
+class AsyncApiClient:
+    def __init__(self, config: ConnectionConfig) -> None:
+        self.config = config
+        self._http = httpx.AsyncClient(
+            base_url=config.api_url,
+            headers=config.headers(),
+            timeout=httpx.Timeout(config.request_timeout),
+        )
+
+    async def __aenter__(self) -> AsyncApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        content: Content = None,
+    ) -> Any:
+        """Send one request; return the decoded JSON answer (None when it has no body)."""
+        with transport_errors(self.config.api_url):
+            resp = await self._http.request(method, path, json=json, params=params, content=content)
+        if resp.status_code >= 400:
+            raise error_from_response(resp.status_code, resp.content)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        return resp.json()
+
+    async def open_stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        read_timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send a request and return its answer unread (checked: errors are raised here).
+
+        The caller owns the response and must close it (``iter_stream`` does when it ends).
+        """
+        timeout = httpx.Timeout(self.config.request_timeout, read=read_timeout or self.config.request_timeout)
+        request = self._http.build_request(method, path, json=json, params=params, timeout=timeout)
+        with transport_errors(self.config.api_url):
+            resp = await self._http.send(request, stream=True)
+        if resp.status_code >= 400:
+            try:
+                with transport_errors(self.config.api_url):
+                    content = await resp.aread()
+            finally:
+                await resp.aclose()
+            raise error_from_response(resp.status_code, content)
+        return resp
+
+    async def iter_bytes(self, resp: httpx.Response) -> AsyncIterator[bytes]:
+        """The body of an open response chunk by chunk; closes it when done or abandoned."""
+        try:
+            with transport_errors(self.config.api_url):
+                async for chunk in resp.aiter_bytes():
+                    yield chunk
+        finally:
+            await resp.aclose()
+
+    async def iter_lines(self, resp: httpx.Response) -> AsyncIterator[str]:
+        """The body of an open response line by line; closes it when done or abandoned."""
+        try:
+            with transport_errors(self.config.api_url):
+                async for line in resp.aiter_lines():
+                    yield line
+        finally:
+            await resp.aclose()

@@ -1,0 +1,174 @@
+"""``AsyncSandbox``: create, connect to, list and kill sandboxes; ``.commands`` and ``.files``."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from corral.errors import SandboxNotFoundError, SandboxNotRunningError
+from corral.sdk._async.client import AsyncApiClient
+from corral.sdk._async.commands import AsyncCommands
+from corral.sdk._async.files import AsyncFilesystem
+from corral.sdk.config import ConnectionConfig
+from corral.sdk.models import SandboxInfo
+
+
+class AsyncSandbox:
+    """A running sandbox. Use as a context manager to kill it on exit::
+
+    async with await AsyncSandbox.create() as sbx:
+        r = await sbx.commands.run("echo hi")
+    """
+
+    def __init__(self, info: SandboxInfo, api: AsyncApiClient) -> None:
+        self._info = info
+        self._api = api
+        self.commands = AsyncCommands(api, info.sandbox_id)
+        self.files = AsyncFilesystem(api, info.sandbox_id)
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._info.sandbox_id
+
+    @property
+    def id(self) -> str:
+        return self._info.sandbox_id
+
+    @property
+    def _path(self) -> str:
+        return f"/v1/sandboxes/{self.sandbox_id}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.sandbox_id} template={self._info.template!r}>"
+
+    @classmethod
+    async def create(
+        cls,
+        template: str = "base",
+        timeout: int = 300,
+        metadata: dict[str, str] | None = None,
+        envs: dict[str, str] | None = None,
+        cpu_count: float | None = None,
+        memory_mb: int | None = None,
+        disk_mb: int | None = None,
+        internet: bool = True,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> AsyncSandbox:
+        """Start a new sandbox from ``template`` that lives ``timeout`` seconds unless extended."""
+        body: dict[str, Any] = {
+            "template": template,
+            "timeout": timeout,
+            "metadata": metadata or {},
+            "envs": envs or {},
+            "internet": internet,
+        }
+        for key, value in (("cpu_count", cpu_count), ("memory_mb", memory_mb), ("disk_mb", disk_mb)):
+            if value is not None:
+                body[key] = value
+        api = AsyncApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout))
+        try:
+            data = await api.request("POST", "/v1/sandboxes", json=body)
+        except BaseException:
+            await api.close()
+            raise
+        return cls(SandboxInfo.from_dict(data), api)
+
+    @classmethod
+    async def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> AsyncSandbox:
+        """Attach to an existing sandbox (raises ``SandboxNotFoundError`` if there is none)."""
+        api = AsyncApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout))
+        try:
+            data = await api.request("GET", f"/v1/sandboxes/{sandbox_id}")
+        except BaseException:
+            await api.close()
+            raise
+        return cls(SandboxInfo.from_dict(data), api)
+
+    @staticmethod
+    async def list(
+        state: str | builtins.list[str] | None = None,
+        metadata: dict[str, str] | None = None,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        """Sandboxes known to the server, optionally only those in ``state`` with ``metadata``."""
+        params: builtins.list[tuple[str, str]] = []
+        for s in [state] if isinstance(state, str) else state or []:
+            params.append(("state", s))
+        for key, value in (metadata or {}).items():
+            params.append(("metadata", f"{key}={value}"))
+        config = ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)
+        async with AsyncApiClient(config) as api:
+            data = await api.request("GET", "/v1/sandboxes", params=params)
+        return [SandboxInfo.from_dict(d) for d in data["sandboxes"]]
+
+    @staticmethod
+    async def kill_by_id(
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> bool:
+        """Kill a sandbox by id; False when it was already gone."""
+        config = ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)
+        async with AsyncApiClient(config) as api:
+            return await _kill(api, sandbox_id)
+
+    async def kill(self) -> bool:
+        """Kill this sandbox and free everything it holds; False when it was already gone."""
+        return await _kill(self._api, self.sandbox_id)
+
+    async def set_timeout(self, timeout: int) -> None:
+        """Make the sandbox expire ``timeout`` seconds from now (shorter or longer than before)."""
+        data = await self._api.request("POST", f"{self._path}/timeout", json={"timeout": timeout})
+        self._info = SandboxInfo.from_dict(data)
+
+    async def get_info(self) -> SandboxInfo:
+        data = await self._api.request("GET", self._path)
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    async def is_running(self) -> bool:
+        try:
+            info = await self.get_info()
+        except SandboxNotFoundError:
+            return False
+        return info.state == "running"
+
+    async def close(self) -> None:
+        """Close the HTTP connections (the sandbox keeps running)."""
+        await self._api.close()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.kill()
+        finally:
+            await self.close()
+
+
+async def _kill(api: AsyncApiClient, sandbox_id: str) -> bool:
+    try:
+        await api.request("DELETE", f"/v1/sandboxes/{sandbox_id}")
+    except (SandboxNotFoundError, SandboxNotRunningError):
+        return False
+    return True

@@ -1,0 +1,175 @@
+# generated from _async by scripts/gen_sync.py, do not edit
+"""``Sandbox``: create, connect to, list and kill sandboxes; ``.commands`` and ``.files``."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from corral.errors import SandboxNotFoundError, SandboxNotRunningError
+from corral.sdk._sync.client import ApiClient
+from corral.sdk._sync.commands import Commands
+from corral.sdk._sync.files import Filesystem
+from corral.sdk.config import ConnectionConfig
+from corral.sdk.models import SandboxInfo
+
+
+class Sandbox:
+    """A running sandbox. Use as a context manager to kill it on exit::
+
+    with Sandbox.create() as sbx:
+        r = sbx.commands.run("echo hi")
+    """
+
+    def __init__(self, info: SandboxInfo, api: ApiClient) -> None:
+        self._info = info
+        self._api = api
+        self.commands = Commands(api, info.sandbox_id)
+        self.files = Filesystem(api, info.sandbox_id)
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._info.sandbox_id
+
+    @property
+    def id(self) -> str:
+        return self._info.sandbox_id
+
+    @property
+    def _path(self) -> str:
+        return f"/v1/sandboxes/{self.sandbox_id}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.sandbox_id} template={self._info.template!r}>"
+
+    @classmethod
+    def create(
+        cls,
+        template: str = "base",
+        timeout: int = 300,
+        metadata: dict[str, str] | None = None,
+        envs: dict[str, str] | None = None,
+        cpu_count: float | None = None,
+        memory_mb: int | None = None,
+        disk_mb: int | None = None,
+        internet: bool = True,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> Sandbox:
+        """Start a new sandbox from ``template`` that lives ``timeout`` seconds unless extended."""
+        body: dict[str, Any] = {
+            "template": template,
+            "timeout": timeout,
+            "metadata": metadata or {},
+            "envs": envs or {},
+            "internet": internet,
+        }
+        for key, value in (("cpu_count", cpu_count), ("memory_mb", memory_mb), ("disk_mb", disk_mb)):
+            if value is not None:
+                body[key] = value
+        api = ApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout))
+        try:
+            data = api.request("POST", "/v1/sandboxes", json=body)
+        except BaseException:
+            api.close()
+            raise
+        return cls(SandboxInfo.from_dict(data), api)
+
+    @classmethod
+    def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> Sandbox:
+        """Attach to an existing sandbox (raises ``SandboxNotFoundError`` if there is none)."""
+        api = ApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout))
+        try:
+            data = api.request("GET", f"/v1/sandboxes/{sandbox_id}")
+        except BaseException:
+            api.close()
+            raise
+        return cls(SandboxInfo.from_dict(data), api)
+
+    @staticmethod
+    def list(
+        state: str | builtins.list[str] | None = None,
+        metadata: dict[str, str] | None = None,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        """Sandboxes known to the server, optionally only those in ``state`` with ``metadata``."""
+        params: builtins.list[tuple[str, str]] = []
+        for s in [state] if isinstance(state, str) else state or []:
+            params.append(("state", s))
+        for key, value in (metadata or {}).items():
+            params.append(("metadata", f"{key}={value}"))
+        config = ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)
+        with ApiClient(config) as api:
+            data = api.request("GET", "/v1/sandboxes", params=params)
+        return [SandboxInfo.from_dict(d) for d in data["sandboxes"]]
+
+    @staticmethod
+    def kill_by_id(
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> bool:
+        """Kill a sandbox by id; False when it was already gone."""
+        config = ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)
+        with ApiClient(config) as api:
+            return _kill(api, sandbox_id)
+
+    def kill(self) -> bool:
+        """Kill this sandbox and free everything it holds; False when it was already gone."""
+        return _kill(self._api, self.sandbox_id)
+
+    def set_timeout(self, timeout: int) -> None:
+        """Make the sandbox expire ``timeout`` seconds from now (shorter or longer than before)."""
+        data = self._api.request("POST", f"{self._path}/timeout", json={"timeout": timeout})
+        self._info = SandboxInfo.from_dict(data)
+
+    def get_info(self) -> SandboxInfo:
+        data = self._api.request("GET", self._path)
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    def is_running(self) -> bool:
+        try:
+            info = self.get_info()
+        except SandboxNotFoundError:
+            return False
+        return info.state == "running"
+
+    def close(self) -> None:
+        """Close the HTTP connections (the sandbox keeps running)."""
+        self._api.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.kill()
+        finally:
+            self.close()
+
+
+def _kill(api: ApiClient, sandbox_id: str) -> bool:
+    try:
+        api.request("DELETE", f"/v1/sandboxes/{sandbox_id}")
+    except (SandboxNotFoundError, SandboxNotRunningError):
+        return False
+    return True

@@ -1,0 +1,142 @@
+"""The SDK's view of API objects: plain dataclasses parsed from the JSON the server sends."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from corral.errors import TimeoutError_
+
+SandboxState = Literal["starting", "running", "killed", "expired", "failed"]
+FileType = Literal["file", "dir", "symlink"]
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """A dataclass (or list of them) as JSON-ready data: datetimes become ISO 8601 strings."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list):
+        return [to_jsonable(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    return obj
+
+
+@dataclass
+class SandboxInfo:
+    sandbox_id: str
+    template: str
+    state: str
+    started_at: datetime | None
+    end_at: datetime | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    cpu_count: float | None = None
+    memory_mb: int | None = None
+    disk_mb: int | None = None
+    internet: bool = True
+    reason: str | None = None
+    ended_at: datetime | None = None
+    envd_url: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SandboxInfo:
+        return cls(
+            sandbox_id=d["sandbox_id"],
+            template=d.get("template", ""),
+            state=d.get("state", ""),
+            started_at=_parse_time(d.get("started_at")),
+            end_at=_parse_time(d.get("end_at")),
+            metadata=dict(d.get("metadata") or {}),
+            cpu_count=d.get("cpu_count"),
+            memory_mb=d.get("memory_mb"),
+            disk_mb=d.get("disk_mb"),
+            internet=bool(d.get("internet", True)),
+            reason=d.get("reason"),
+            ended_at=_parse_time(d.get("ended_at")),
+            envd_url=d.get("envd_url"),
+        )
+
+
+@dataclass
+class EntryInfo:
+    name: str
+    path: str
+    type: str
+    size: int
+    mode: int
+    permissions: str
+    owner: str
+    group: str
+    modified_time: datetime | None
+    symlink_target: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EntryInfo:
+        return cls(
+            name=d.get("name", ""),
+            path=d.get("path", ""),
+            type=d.get("type", "file"),
+            size=int(d.get("size") or 0),
+            mode=int(d.get("mode") or 0),
+            permissions=d.get("permissions", ""),
+            owner=str(d.get("owner", "")),
+            group=str(d.get("group", "")),
+            modified_time=_parse_time(d.get("modified_time")),
+            symlink_target=d.get("symlink_target"),
+        )
+
+
+@dataclass
+class ProcessInfo:
+    pid: int
+    cmd: str
+    args: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    tag: str | None = None
+    user: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProcessInfo:
+        return cls(
+            pid=int(d["pid"]),
+            cmd=d.get("cmd", ""),
+            args=list(d.get("args") or []),
+            cwd=d.get("cwd"),
+            tag=d.get("tag"),
+            user=d.get("user"),
+        )
+
+
+@dataclass
+class CommandResult:
+    """What a finished command left: its whole output, exit code and error (``timeout``/``killed``)."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    error: str | None = None
+
+
+class CommandTimeoutError(TimeoutError_):
+    """A command ran past its timeout and was killed; carries the output streamed before that.
+
+    A subclass of ``corral.TimeoutError``: catch that.
+    """
+
+    def __init__(
+        self, message: str, stdout: str = "", stderr: str = "", exit_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.stdout, self.stderr, self.exit_code = stdout, stderr, exit_code
