@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from corral.sdk._errors import error_from_response, transport_errors
-from corral.sdk.config import ConnectionConfig
+from corral.sdk.config import ConnectionConfig, shared_ssl_context
 
 Content = bytes | AsyncIterable[bytes] | None
 
@@ -20,6 +20,7 @@ class AsyncApiClient:
             base_url=config.api_url,
             headers=config.headers(),
             timeout=httpx.Timeout(config.request_timeout),
+            verify=shared_ssl_context(),
         )
 
     async def __aenter__(self) -> AsyncApiClient:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from corral.sdk._errors import error_from_response, transport_errors
-from corral.sdk.config import ConnectionConfig
+from corral.sdk.config import ConnectionConfig, shared_ssl_context
 
 Content = bytes | Iterable[bytes] | None
 
@@ -21,6 +21,7 @@ class ApiClient:
             base_url=config.api_url,
             headers=config.headers(),
             timeout=httpx.Timeout(config.request_timeout),
+            verify=shared_ssl_context(),
         )
 
     def __enter__(self) -> ApiClient:
