@@ -132,14 +132,15 @@ class CommandExitError(CorralError):
 
 
 def _all_subclasses(cls: type[CorralError]) -> list[type[CorralError]]:
-    out = []
+    out: list[type[CorralError]] = []
     for sub in cls.__subclasses__():
         out.append(sub)
         out.extend(_all_subclasses(sub))
     return out
 
 
-ERRORS_BY_CODE: dict[str, type[CorralError]] = {c.code: c for c in [CorralError, *_all_subclasses(CorralError)]}
+_CLASSES: list[type[CorralError]] = [CorralError, *_all_subclasses(CorralError)]
+ERRORS_BY_CODE: dict[str, type[CorralError]] = {cls.code: cls for cls in _CLASSES}
 
 
 def error_from_body(status: int, body: Any) -> CorralError:

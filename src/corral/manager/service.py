@@ -8,6 +8,7 @@ the backend does (namespaces, mounts, cgroups). Commands and files go to the san
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import secrets
 import string
@@ -208,7 +209,7 @@ class Manager:
     async def connect_command(self, sandbox_id: str, pid: int) -> AsyncIterator[dict[str, Any]]:
         return await _started(self._running(sandbox_id).agent.connect(pid))
 
-    async def list_commands(self, sandbox_id: str) -> list[dict[str, Any]]:
+    async def list_commands(self, sandbox_id: str) -> builtins.list[dict[str, Any]]:
         return await self._running(sandbox_id).agent.list()
 
     async def send_stdin(self, sandbox_id: str, pid: int, data: bytes) -> None:
@@ -229,7 +230,7 @@ class Manager:
     async def write_file(self, sandbox_id: str, path: str, user: str, chunks: AsyncIterable[bytes]) -> dict[str, Any]:
         return await self._running(sandbox_id).agent.write_file(_path(path, user), user, chunks)
 
-    async def list_dir(self, sandbox_id: str, path: str, depth: int, user: str) -> list[dict[str, Any]]:
+    async def list_dir(self, sandbox_id: str, path: str, depth: int, user: str) -> builtins.list[dict[str, Any]]:
         if not 1 <= depth <= 32:
             raise errors.InvalidRequestError("depth must be between 1 and 32")
         return await self._running(sandbox_id).agent.list_dir(_path(path, user), depth, user)

@@ -27,6 +27,31 @@ def error_response(err: errors.CorralError) -> JSONResponse:
     return JSONResponse(err.to_body(), status_code=err.status)
 
 
+class Guard:
+    """Pure ASGI middleware: the API key on every call but the open paths, and a cap on JSON bodies.
+
+    (Starlette's BaseHTTPMiddleware would copy every streamed response through a memory stream.)
+    """
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            if scope["path"] not in OPEN_PATHS:
+                check_key(self.api_key, headers)
+            if scope["method"] in ("POST", "PUT", "PATCH") and not scope["path"].endswith("/files"):
+                length = headers.get("content-length", "")
+                if length.isdigit() and int(length) > MAX_JSON_BODY:
+                    raise errors.PayloadTooLargeError(f"request body over {MAX_JSON_BODY} bytes")
+        except errors.CorralError as err:
+            return await error_response(err)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     """Build the app. Without a manager, the lifespan builds one from settings (store + backend)."""
     api_key, created = load_or_create_key(settings.data_dir, settings.api_key)
@@ -46,18 +71,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app = FastAPI(title="corral", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Any:
-        if request.url.path not in OPEN_PATHS:
-            try:
-                check_key(api_key, {k.lower(): v for k, v in request.headers.items()})
-            except errors.CorralError as err:
-                return error_response(err)
-        if request.method in ("POST", "PUT", "PATCH") and not request.url.path.endswith("/files"):
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > MAX_JSON_BODY:
-                return error_response(errors.PayloadTooLargeError(f"request body over {MAX_JSON_BODY} bytes"))
-        return await call_next(request)
+    app.add_middleware(Guard, api_key=api_key)
 
     @app.exception_handler(errors.CorralError)
     async def corral_error(request: Request, err: errors.CorralError) -> JSONResponse:

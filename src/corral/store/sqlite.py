@@ -6,6 +6,7 @@ inline on the event loop thread; WAL mode keeps them well under a millisecond.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -113,7 +114,7 @@ class Store:
 
     def list(self, states: list[str] | None = None, limit: int = 1000) -> list[SandboxRecord]:
         query = f"SELECT {','.join(_COLUMNS)} FROM sandboxes"
-        args: list[Any] = []
+        args: builtins.list[Any] = []
         if states:
             query += f" WHERE state IN ({','.join('?' * len(states))})"
             args += states
@@ -129,7 +130,7 @@ class Store:
                 (sandbox_id, time.time(), kind, json.dumps(data)),
             )
 
-    def events(self, sandbox_id: str) -> list[dict[str, Any]]:
+    def events(self, sandbox_id: str) -> builtins.list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT at, kind, data FROM events WHERE sandbox_id=? ORDER BY seq", (sandbox_id,)

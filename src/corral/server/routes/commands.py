@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import signal as signals
-from typing import Annotated
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
@@ -16,7 +17,7 @@ from .deps import manager
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/commands", tags=["commands"])
 
-STREAM_DOC = {
+STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "NDJSON (or SSE with Accept: text/event-stream) of start, stdout, stderr, keepalive and end events",
         "content": {"application/x-ndjson": {}, "text/event-stream": {}},
@@ -24,14 +25,16 @@ STREAM_DOC = {
 }
 
 
-def _stream(request: Request, events) -> StreamingResponse:  # type: ignore[no-untyped-def]
+def _stream(request: Request, events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(sse(events), media_type="text/event-stream")
     return StreamingResponse(ndjson(events), media_type="application/x-ndjson")
 
 
 @router.post("", responses=STREAM_DOC, response_class=StreamingResponse)
-async def run_command(sandbox_id: str, body: RunCommand, request: Request, m: Annotated[Manager, Depends(manager)]):  # type: ignore[no-untyped-def]
+async def run_command(
+    sandbox_id: str, body: RunCommand, request: Request, m: Annotated[Manager, Depends(manager)]
+) -> StreamingResponse:
     return _stream(request, await m.run_command(sandbox_id, body))
 
 
@@ -41,7 +44,9 @@ async def list_commands(sandbox_id: str, m: Annotated[Manager, Depends(manager)]
 
 
 @router.get("/{pid}/stream", responses=STREAM_DOC, response_class=StreamingResponse)
-async def connect_command(sandbox_id: str, pid: int, request: Request, m: Annotated[Manager, Depends(manager)]):  # type: ignore[no-untyped-def]
+async def connect_command(
+    sandbox_id: str, pid: int, request: Request, m: Annotated[Manager, Depends(manager)]
+) -> StreamingResponse:
     return _stream(request, await m.connect_command(sandbox_id, pid))
 
 

@@ -23,7 +23,9 @@ Path = Annotated[str, Query(min_length=1, max_length=4096)]
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes"}},
 )
-async def read_file(sandbox_id: str, path: Path, m: Annotated[Manager, Depends(manager)], user: User = "user"):  # type: ignore[no-untyped-def]
+async def read_file(
+    sandbox_id: str, path: Path, m: Annotated[Manager, Depends(manager)], user: User = "user"
+) -> StreamingResponse:
     chunks = await m.read_file(sandbox_id, path, user)
     return StreamingResponse(chunks, media_type="application/octet-stream")
 

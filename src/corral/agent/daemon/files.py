@@ -1,0 +1,223 @@
+"""File operations: stat, list_dir, mkdir, remove, rename, read and write, each run with the
+requested user's filesystem identity."""
+
+import os
+import time
+
+from .users import FsIdentity, Names, f_path, get_user
+from .wire import K_DATA, K_END, MAX_SEND, AgentError, f_int, frame, invalid, os_error
+
+
+# --------------------------------------------------------------------------- EntryInfo
+def iso_time(ns):
+    secs, rem = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rem // 1000:06d}Z"
+
+
+def entry_info(path, names, st=None):
+    import stat
+
+    if st is None:
+        st = os.lstat(path)
+    mode = st.st_mode
+    target = None
+    if stat.S_ISLNK(mode):
+        kind = "symlink"
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = None
+    elif stat.S_ISDIR(mode):
+        kind = "dir"
+    else:
+        kind = "file"
+    return {
+        "name": os.path.basename(path) or "/",
+        "path": path,
+        "type": kind,
+        "size": st.st_size,
+        "mode": stat.S_IMODE(mode),
+        "permissions": stat.filemode(mode)[1:],
+        "owner": names.user(st.st_uid),
+        "group": names.group(st.st_gid),
+        "modified_time": iso_time(st.st_mtime_ns),
+        "symlink_target": target,
+    }
+
+
+# --------------------------------------------------------------------------- file ops
+def op_stat(conn, req):
+    pw = get_user(req)
+    path = f_path(req, "path", pw)
+    with FsIdentity(pw):
+        info = entry_info(path, Names())
+    conn.send_json(info)
+
+
+def op_list_dir(conn, req):
+    import stat
+
+    pw = get_user(req)
+    path = f_path(req, "path", pw)
+    depth = f_int(req, "depth", default=1, minimum=1)
+    names = Names()
+    entries = []
+
+    def walk(d, level):
+        with os.scandir(d) as it:
+            items = sorted(it, key=lambda e: e.name)
+        for e in items:
+            p = os.path.join(d, e.name)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished meanwhile
+            entries.append(entry_info(p, names, st))
+            if level < depth and stat.S_ISDIR(st.st_mode):
+                try:
+                    walk(p, level + 1)
+                except OSError:
+                    pass  # an unreadable subdirectory is listed but not entered
+
+    with FsIdentity(pw):
+        walk(path, 1)
+    conn.send_json({"entries": entries})
+
+
+def op_mkdir(conn, req):
+    pw = get_user(req)
+    path = f_path(req, "path", pw)
+    with FsIdentity(pw):
+        try:
+            os.makedirs(path)
+            created = True
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise AgentError("file_exists", "a file exists at " + path) from None
+            created = False
+    conn.send_json({"created": created})
+
+
+def _rm_contents(dfd):
+    with os.scandir(dfd) as it:
+        items = list(it)
+    for e in items:
+        if e.is_dir(follow_symlinks=False):
+            fd = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                _rm_contents(fd)
+            finally:
+                os.close(fd)
+            os.rmdir(e.name, dir_fd=dfd)
+        else:
+            os.unlink(e.name, dir_fd=dfd)
+
+
+def remove_tree(path):
+    """Remove a file, a symlink or a directory tree, never following symlinks."""
+    import stat
+
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _rm_contents(fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def op_remove(conn, req):
+    pw = get_user(req)
+    path = f_path(req, "path", pw)
+    with FsIdentity(pw):
+        remove_tree(path)
+    conn.send_json({"ok": True})
+
+
+def op_rename(conn, req):
+    pw = get_user(req)
+    src = f_path(req, "src", pw)
+    dst = f_path(req, "dst", pw)
+    with FsIdentity(pw):
+        os.rename(src, dst)
+        info = entry_info(dst, Names())
+    conn.send_json(info)
+
+
+def op_read(conn, req):
+    import stat
+
+    pw = get_user(req)
+    path = f_path(req, "path", pw)
+    with FsIdentity(pw):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise AgentError("is_a_directory", "Is a directory: " + path)
+        conn.send_json({"ok": True, "size": st.st_size})
+        while True:
+            try:
+                data = os.read(fd, MAX_SEND)
+            except OSError as e:  # after the answer started: an error frame ends the stream
+                err = os_error(e)
+                conn.send_error(err.code, err.message)
+                return
+            if not data:
+                break
+            conn.send(frame(K_DATA, data))
+        conn.send(frame(K_END))
+    finally:
+        os.close(fd)
+
+
+def op_write(conn, req):
+    pw = get_user(req)
+    path = f_path(req, "path", pw)
+    err = None
+    with FsIdentity(pw):
+        try:
+            parent = os.path.dirname(path)
+            if parent:
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except FileExistsError:
+                    raise AgentError("not_a_directory", "Not a directory: " + parent) from None
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            err = os_error(e)
+        except AgentError as e:
+            err = e
+    if err is None:
+        try:
+            while True:
+                fr = conn.read_frame()
+                if fr is None:
+                    return  # the client went away mid-upload: the file keeps what arrived
+                kind, payload = fr
+                if kind == K_END:
+                    break
+                if kind != K_DATA:
+                    err = invalid("expected D or E frames in an upload")
+                    break
+                view = memoryview(payload)
+                try:
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except OSError as e:
+                    err = os_error(e)
+                    break
+        finally:
+            os.close(fd)
+    if err is not None:
+        conn.send_error(err.code, err.message)
+        conn.drain_upload()
+        return
+    with FsIdentity(pw):
+        info = entry_info(path, Names())
+    conn.send_json(info)
+
+

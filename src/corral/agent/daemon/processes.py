@@ -1,0 +1,224 @@
+"""Process operations: configure (sandbox-wide env), exec, connect, list, stdin, close_stdin
+and signal."""
+
+import os
+import time
+
+from .proc import PROCS, PROCS_LOCK, Proc
+from .users import get_user, user_groups
+from .wire import AgentError, ClientGone, f_envs, f_int, f_str, invalid, os_error
+
+ENDED_KEEP = 60.0  # seconds an ended process is remembered for connect
+ENDED_OUTPUT_BUDGET = 16 << 20  # output kept in total for ended processes
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Sandbox-wide state set by "configure".
+CONFIG: dict = {"envs": {}, "hostname": None}
+
+
+def op_configure(conn, req):
+    envs = f_envs(req, "envs")
+    hostname = f_str(req, "hostname", allow_empty=True)
+    CONFIG["envs"] = dict(envs)
+    CONFIG["hostname"] = hostname
+    conn.send_json({"ok": True})
+
+
+def _purge():
+    """Forget processes ended long ago; cap the output kept for ended ones (newest first)."""
+    now = time.monotonic()
+    with PROCS_LOCK:
+        ended = []
+        for pid, p in list(PROCS.items()):
+            if p.finished:
+                if now - p.ended_at > ENDED_KEEP:
+                    del PROCS[pid]
+                else:
+                    ended.append(p)
+    budget = ENDED_OUTPUT_BUDGET
+    for p in sorted(ended, key=lambda p: p.ended_at, reverse=True):
+        with p.cv:
+            if budget >= p.cost or p.subs:
+                budget -= p.cost
+            elif p.chunks:
+                p.chunks.clear()  # connect still answers start + end, without replay
+                p.cost = 0
+
+
+def _get_proc(req, running=True):
+    pid = f_int(req, "pid", required=True)
+    p = PROCS.get(pid)
+    if p is None or (running and p.exited.is_set()):
+        raise AgentError("process_not_found", f"no running process with pid {pid}")
+    return p
+
+
+_SETGROUPS_OK = None
+
+
+def _setgroups_allowed():
+    global _SETGROUPS_OK
+    if _SETGROUPS_OK is None:
+        try:
+            with open("/proc/self/setgroups") as f:
+                _SETGROUPS_OK = f.read().strip() != "deny"
+        except OSError:
+            _SETGROUPS_OK = True
+    return _SETGROUPS_OK
+
+
+def op_exec(conn, req):
+    import subprocess
+
+    cmd = f_str(req, "cmd", required=True)
+    args = req.get("args")
+    if args is None:
+        args = []
+    if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a for a in args):
+        raise invalid("field args must be a list of strings")
+    envs = f_envs(req, "envs")
+    pw = get_user(req)
+    cwd = f_str(req, "cwd")
+    timeout = req.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+    ):
+        raise invalid("field timeout must be a positive number or null")
+    want_stdin = req.get("stdin", False)
+    if not isinstance(want_stdin, bool):
+        raise invalid("field stdin must be a boolean")
+    tag = req.get("tag")
+    if tag is not None and not isinstance(tag, str):
+        raise invalid("field tag must be a string or null")
+
+    home = pw.pw_dir or "/"
+    if cwd is None:
+        # Popen changes directory before switching users: check with the agent's own rights.
+        cwd = home if os.path.isdir(home) and os.access(home, os.X_OK) else "/"
+    elif not cwd.startswith("/"):
+        cwd = os.path.join(home, cwd)
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": home,
+        "USER": pw.pw_name,
+        "LOGNAME": pw.pw_name,
+        "SHELL": pw.pw_shell or "/bin/sh",
+    }
+    env.update(CONFIG["envs"])
+    env.update(envs)
+
+    uid, gid, groups = pw.pw_uid, pw.pw_gid, user_groups(pw)
+    kw = {}
+    if uid != os.geteuid() or gid != os.getegid():
+        kw["user"] = uid
+        kw["group"] = gid
+    if set(groups) != set(os.getgroups()) and os.geteuid() == 0 and _setgroups_allowed():
+        kw["extra_groups"] = groups
+    _purge()
+    try:
+        popen = subprocess.Popen(
+            [cmd, *args],
+            stdin=subprocess.PIPE if want_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            **kw,
+        )
+    except OSError as e:
+        raise os_error(e) from None
+    except (ValueError, subprocess.SubprocessError) as e:
+        raise invalid(f"cannot start {cmd}: {e}") from None
+    try:
+        proc = Proc(
+            popen,
+            {"pid": popen.pid, "cmd": cmd, "args": args, "cwd": cwd, "tag": tag, "user": pw.pw_name},
+            timeout,
+        )
+    except BaseException:  # out of fds...: do not leave an unsupervised process behind
+        os.killpg(popen.pid, 9)
+        popen.wait()
+        raise
+    sub = proc.subscribe()  # before any output can be produced: nothing is lost
+    with PROCS_LOCK:
+        PROCS[proc.pid] = proc
+    proc.start()
+    try:
+        conn.send_json({"type": "start", "pid": proc.pid})
+    except ClientGone:
+        proc.unsubscribe(sub)
+        raise
+    proc.stream(conn, sub)
+
+
+def op_connect(conn, req):
+    _purge()
+    proc = _get_proc(req, running=False)
+    sub = proc.subscribe()
+    try:
+        conn.send_json({"type": "start", "pid": proc.pid})
+    except ClientGone:
+        proc.unsubscribe(sub)
+        raise
+    proc.stream(conn, sub)
+
+
+def op_list(conn, req):
+    _purge()
+    procs = [p.info for pid, p in sorted(PROCS.items()) if not p.exited.is_set()]
+    conn.send_json({"processes": procs})
+
+
+def op_stdin(conn, req):
+    import binascii
+
+    data = req.get("data_b64")
+    if not isinstance(data, str):
+        raise invalid("field data_b64 must be a base64 string")
+    try:
+        raw = binascii.a2b_base64(data)
+    except (binascii.Error, ValueError) as e:
+        raise invalid(f"field data_b64: {e}") from None
+    proc = _get_proc(req)
+    with proc.stdin_lock:
+        f = proc.popen.stdin
+        if f is None:
+            raise invalid(f"process {proc.pid} was started without stdin")
+        if f.closed:
+            raise invalid(f"stdin of process {proc.pid} is closed")
+        view = memoryview(raw)
+        try:
+            while view:
+                view = view[os.write(f.fileno(), view) :]
+        except BrokenPipeError:
+            raise invalid(f"stdin of process {proc.pid} is closed (broken pipe)") from None
+    conn.send_json({"ok": True})
+
+
+def op_close_stdin(conn, req):
+    proc = _get_proc(req)
+    with proc.stdin_lock:
+        f = proc.popen.stdin
+        if f is not None and not f.closed:
+            try:
+                f.close()
+            except OSError:
+                pass
+    conn.send_json({"ok": True})
+
+
+def op_signal(conn, req):
+    sig = f_int(req, "signal", required=True, minimum=1)
+    if sig > 64:
+        raise invalid(f"invalid signal number {sig}")
+    proc = _get_proc(req)
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        raise AgentError("process_not_found", f"process {proc.pid} is gone") from None
+    conn.send_json({"ok": True})
+
+

@@ -1,0 +1,150 @@
+"""The server: the listening socket, the accept loop (a thread per connection), request
+dispatch and the preload of what requests need, off the start-up path."""
+
+import _socket
+import _thread
+import os
+import time
+
+from . import files, processes
+from .users import _libc
+from .wire import (
+    K_JSON,
+    VERSION,
+    AgentError,
+    ClientGone,
+    Conn,
+    invalid,
+    json_loads,
+    log,
+    log_exception,
+    os_error,
+)
+
+
+def op_ping(conn, req):
+    conn.send_json({"ok": True, "pid": os.getpid(), "version": VERSION})
+
+
+OPS = {
+    "ping": op_ping,
+    "configure": processes.op_configure,
+    "exec": processes.op_exec,
+    "connect": processes.op_connect,
+    "list": processes.op_list,
+    "stdin": processes.op_stdin,
+    "close_stdin": processes.op_close_stdin,
+    "signal": processes.op_signal,
+    "read": files.op_read,
+    "write": files.op_write,
+    "list_dir": files.op_list_dir,
+    "stat": files.op_stat,
+    "mkdir": files.op_mkdir,
+    "remove": files.op_remove,
+    "rename": files.op_rename,
+}
+
+
+_PRELOADED = False
+
+
+def preload():
+    """Import what exec and file operations need, off the start-up path."""
+    global _PRELOADED
+    if _PRELOADED:
+        return
+    _PRELOADED = True
+    try:
+        import binascii  # noqa: F401
+        import grp  # noqa: F401
+        import pwd  # noqa: F401
+        import select  # noqa: F401
+        import stat  # noqa: F401
+        import subprocess  # noqa: F401
+        import threading  # noqa: F401
+
+        if os.geteuid() == 0:
+            _libc()
+    except Exception:
+        log_exception("preload")
+
+
+def handle(sock):
+    conn = Conn(sock)
+    try:
+        try:
+            fr = conn.read_frame()
+            if fr is None:
+                return
+            kind, payload = fr
+            if kind != K_JSON:
+                raise invalid("the request must be a J frame")
+            try:
+                req = json_loads(payload.decode("utf-8"))
+            except Exception as e:
+                raise invalid(f"malformed JSON request: {e}") from None
+            if not isinstance(req, dict):
+                raise invalid("the request must be a JSON object")
+            op = req.get("op")
+            fn = OPS.get(op) if isinstance(op, str) else None
+            if fn is None:
+                raise invalid(f"unknown op: {op!r}")
+            fn(conn, req)
+        except AgentError as e:
+            conn.send_error(e.code, e.message)
+        except OSError as e:
+            err = os_error(e)
+            conn.send_error(err.code, err.message)
+        except ClientGone:
+            pass
+        except RecursionError:
+            conn.send_error("invalid_request", "too deeply nested")
+        except Exception as e:
+            log_exception("request failed")
+            conn.send_error("internal", f"{type(e).__name__}: {e}")
+    except ClientGone:
+        pass
+    except Exception:
+        log_exception("handler")
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+        if not _PRELOADED:
+            preload()
+
+
+def listen(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket file is created 0600
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return sock
+
+
+def serve(sock):
+    while True:
+        try:
+            fd, _addr = sock._accept()
+        except InterruptedError:
+            continue
+        except OSError as e:
+            log(f"accept failed: {e}")
+            time.sleep(0.05)
+            continue
+        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+        try:
+            _thread.start_new_thread(handle, (conn,))
+        except RuntimeError as e:
+            log(f"cannot start a thread: {e}")
+            conn.close()
+
+
