@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import json
 import os
 import pwd
@@ -22,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from corral.agent import AGENT_PATH
 from corral.agent import protocol as p
 from corral.agent.client import AgentClient
+from corral.agent.daemon import wire
 from corral.errors import (
     FileExistsError_,
     FileNotFoundError_,
@@ -70,14 +69,6 @@ async def sh(client: AgentClient, script: str, **kw: Any) -> dict[str, Any]:
     return await collect(client.exec("/bin/bash", ["-c", script], **kw))
 
 
-def load_agent_module() -> Any:
-    spec = importlib.util.spec_from_file_location("corral_agent_daemon", AGENT_PATH)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def raw_request(agent: Agent, payload: bytes, kind: bytes = b"J") -> dict[str, Any]:
     """Send one frame over a plain socket (sync helpers of protocol.py) and read the J answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -91,34 +82,33 @@ def raw_request(agent: Agent, payload: bytes, kind: bytes = b"J") -> dict[str, A
 
 # --------------------------------------------------------------------------- protocol
 def test_protocol_constants_and_framing_match_the_agent() -> None:
-    mod = load_agent_module()
-    assert mod.VERSION == p.VERSION
-    assert (mod.K_JSON, mod.K_DATA, mod.K_STDOUT, mod.K_STDERR, mod.K_END) == (
+    assert wire.VERSION == p.VERSION
+    assert (wire.K_JSON, wire.K_DATA, wire.K_STDOUT, wire.K_STDERR, wire.K_END) == (
         p.KIND_JSON,
         p.KIND_DATA,
         p.KIND_STDOUT,
         p.KIND_STDERR,
         p.KIND_END,
     )
-    assert mod.HEADER_SIZE == p.HEADER_SIZE
-    assert mod.MAX_SEND == p.MAX_DATA_FRAME
-    assert mod.MAX_JSON_IN == p.MAX_JSON_FRAME
-    assert mod.MAX_DATA_IN == p.MAX_AGENT_DATA_IN
+    assert wire.HEADER_SIZE == p.HEADER_SIZE
+    assert wire.MAX_SEND == p.MAX_DATA_FRAME
+    assert wire.MAX_JSON_IN == p.MAX_JSON_FRAME
+    assert wire.MAX_DATA_IN == p.MAX_AGENT_DATA_IN
     for kind in (b"J", b"D", b"1", b"2", b"E"):
         for payload in (b"", b"x", bytes(range(256)) * 300):
-            assert mod.frame(kind, payload) == p.encode_frame(kind, payload)
+            assert wire.frame(kind, payload) == p.encode_frame(kind, payload)
     # The agent's _json-based codec agrees with the json module.
     values = [
         {"op": "exec", "args": ["a", "é", "\udcff", '\n\t"\\'], "n": -12, "f": 1.5, "b": True, "z": None},
         {"nested": {"l": [[], {}, [1, [2, [3]]]]}, "big": 2**70, "e": 1e-300},
     ]
     for v in values:
-        assert json.loads(mod.json_dumps(v)) == v
-        assert mod.json_loads(json.dumps(v)) == v
-        assert mod.json_loads(" " + json.dumps(v, indent=2) + "\n") == v
+        assert json.loads(wire.json_dumps(v)) == v
+        assert wire.json_loads(json.dumps(v)) == v
+        assert wire.json_loads(" " + json.dumps(v, indent=2) + "\n") == v
     for bad in ["{bad", "", "[1,", '{"a":1} x', "NaN", '{"a": "\x01"}']:
         with pytest.raises(ValueError):
-            mod.json_loads(bad)
+            wire.json_loads(bad)
 
 
 def test_ping_and_start_time(agent: Agent) -> None:

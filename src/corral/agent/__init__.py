@@ -1,11 +1,12 @@
 """The daemon inside every sandbox, its wire protocol and the host's async client.
 
-- ``agent.py``: the daemon. One standard-library-only file, copied into sandboxes and run as
-  ``python3 -I -S agent.py --socket ... --ready-fd 3 --log ...``; it imports nothing from corral.
+- ``daemon/``: the daemon. A package of standard-library-only modules, run in sandboxes as
+  ``python3 -I -S daemon --socket ... --ready-fd 3 --log ...`` (or from a bundle the host
+  compiles); it imports nothing from corral.
 - ``protocol.py``: frame constants and helpers (standard library only).
 - ``client.py``: :class:`AgentClient` (asyncio), used by backends and the manager.
 
-``AGENT_PATH`` is the host path of ``agent.py`` (what a backend copies or bind-mounts).
+``AGENT_PATH`` is the host path of the ``daemon`` directory (what a backend copies or bind-mounts).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-AGENT_PATH = Path(__file__).resolve().with_name("agent.py")
+AGENT_PATH = Path(__file__).resolve().with_name("daemon")
 
 if TYPE_CHECKING:
     from corral.agent.client import AgentClient, FileDownload

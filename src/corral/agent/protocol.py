@@ -1,9 +1,9 @@
 """The agent wire protocol, host side (standard library only).
 
 A frame is ``kind (1 byte) + length (4 bytes, big endian) + payload``; see the "Agent
-protocol" section of ARCHITECTURE.md. The agent (``agent.py``) carries its own copy of these
-constants and of the framing, because it is a single file copied into sandboxes; the tests
-check that both sides agree.
+protocol" section of ARCHITECTURE.md. The agent (``daemon/wire.py``) carries its own copy of
+these constants and of the framing, because the daemon runs in sandboxes on its own (it imports
+nothing from corral); the tests check that both sides agree.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from ..agent.client import AgentClient
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.pool")
 
+REFILL_DELAY = 0.05  # seconds after a claim before a refill starts, unless the pool ran dry
+
 
 class Pool:
     def __init__(self, manager: Manager, size: int) -> None:
@@ -27,6 +30,7 @@ class Pool:
         self.ready: dict[str, list[SandboxHandle]] = {}
         self.wanted: set[str] = {"base"}
         self._wake = asyncio.Event()
+        self._last_claim = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -40,6 +44,7 @@ class Pool:
         if self.size <= 0:
             return None
         self.wanted.add(template)
+        self._last_claim = time.monotonic()
         self._wake.set()
         ready = self.ready.get(template)
         while ready:
@@ -77,11 +82,12 @@ class Pool:
                 continue
             ready = self.ready.setdefault(template, [])
             while len(ready) < self.size and len(self.manager.live) + len(ready) < s.max_sandboxes:
+                await self._quiet(bool(ready))
                 spec = SandboxSpec(
                     sandbox_id=new_sandbox_id(),
                     template_dir=rootfs,
                     limits=Limits(cpu_count=s.default_cpu_count, memory_mb=s.default_memory_mb, disk_mb=s.default_disk_mb),
-                    internet=False,
+                    internet=True,  # the API's default, so a claim usually changes nothing
                 )
                 handle = await self.manager.backend.start(spec)
                 try:
@@ -90,6 +96,16 @@ class Pool:
                     await self.manager.backend.cleanup(handle)
                     raise
                 ready.append(handle)
+
+    async def _quiet(self, have_some: bool) -> None:
+        """Refill a little after the last claim, not during it: the claimer's first commands run now.
+
+        An empty pool refills at once (creates are arriving faster than the delay).
+        """
+        if not have_some:
+            return
+        while (wait := REFILL_DELAY - (time.monotonic() - self._last_claim)) > 0:
+            await asyncio.sleep(wait)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -219,5 +219,3 @@ def op_write(conn, req):
     with FsIdentity(pw):
         info = entry_info(path, Names())
     conn.send_json(info)
-
-

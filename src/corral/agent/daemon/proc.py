@@ -286,5 +286,3 @@ class Proc:
                     self.cv.notify_all()
         finally:
             self.unsubscribe(sub)
-
-

@@ -220,5 +220,3 @@ def op_signal(conn, req):
     except ProcessLookupError:
         raise AgentError("process_not_found", f"process {proc.pid} is gone") from None
     conn.send_json({"ok": True})
-
-

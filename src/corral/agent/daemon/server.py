@@ -146,5 +146,3 @@ def serve(sock):
         except RuntimeError as e:
             log(f"cannot start a thread: {e}")
             conn.close()
-
-

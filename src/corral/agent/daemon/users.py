@@ -88,7 +88,7 @@ class FsIdentity:
             self.active = False
 
 
-# --------------------------------------------------------------------------- EntryInfo
+# --------------------------------------------------------------------------- names
 class Names:
     """uid/gid -> name, read from the sandbox's /etc/passwd and /etc/group (cached per request)."""
 
@@ -119,5 +119,3 @@ class Names:
                 name = str(gid)
             self.groups[gid] = name
         return name
-
-

@@ -43,7 +43,7 @@ AGENT_SOCKET = "agent.sock"  # <run>/<id>/agent.sock: a bind of the agent's sock
 def _default_agent_path() -> Path:
     import corral.agent
 
-    return Path(corral.agent.__file__).parent / "agent.py"
+    return corral.agent.AGENT_PATH
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -76,7 +76,7 @@ class NamespaceBackend(Backend):
         self.pool = network.IpPool(subnet)
         self._userns = SharedUserNamespace()
         self._seccomp: bytes = b""  # the BPF program, built once
-        self._agent_code: tuple[float, bytes] | None = None  # (agent.py mtime, .pyc image)
+        self._agent_code: tuple[float, bytes] | None = None  # (agent mtime, compiled bundle)
         self._cg_version: int | None = None
         self._ready = False
         self._init_lock = asyncio.Lock()
@@ -259,9 +259,9 @@ class NamespaceBackend(Backend):
         return handle
 
     def _compiled_agent(self) -> bytes:
-        """The agent's code compiled on the host (cached while agent.py is unchanged)."""
+        """The agent's code compiled on the host (cached while its sources are unchanged)."""
         try:
-            mtime = self.agent_path.stat().st_mtime
+            mtime = bwrap.agent_mtime(self.agent_path)
             if self._agent_code is None or self._agent_code[0] != mtime:
                 self._agent_code = (mtime, bwrap.compile_agent(self.agent_path))
             return self._agent_code[1]
@@ -289,16 +289,20 @@ class NamespaceBackend(Backend):
     async def configure(self, handle: SandboxHandle, limits: Limits, internet: bool) -> None:
         _check_limits(limits)
         st = handle.state
-        cg = cgroups.SandboxCgroup(int(st["cgroup_version"]), handle.sandbox_id)
-        try:
-            cg.set_limits(limits)
-        except OSError as e:  # e.g. EBUSY: memory below what the sandbox already uses
-            raise errors.InvalidRequestError(f"cannot apply limits {limits}: {e}") from None
-        try:
-            overlay.resize_disk(Path(st["disk"]), limits.disk_mb)
-        except OSError as e:  # EINVAL: smaller than what is already written
-            raise errors.InvalidRequestError(f"cannot resize the disk to {limits.disk_mb} MiB: {e}") from None
-        await network.set_internet(st["veth"], internet)
+        # Only what changed is applied: a pooled sandbox claimed with the defaults costs nothing here.
+        if st.get("limits") != _limits_dict(limits):
+            cg = cgroups.SandboxCgroup(int(st["cgroup_version"]), handle.sandbox_id)
+            try:
+                cg.set_limits(limits)
+            except OSError as e:  # e.g. EBUSY: memory below what the sandbox already uses
+                raise errors.InvalidRequestError(f"cannot apply limits {limits}: {e}") from None
+        if (st.get("limits") or {}).get("disk_mb") != limits.disk_mb:
+            try:
+                overlay.resize_disk(Path(st["disk"]), limits.disk_mb)
+            except OSError as e:  # EINVAL: smaller than what is already written
+                raise errors.InvalidRequestError(f"cannot resize the disk to {limits.disk_mb} MiB: {e}") from None
+        if st.get("internet") is not internet:
+            await network.set_internet(st["veth"], internet)
         st["limits"], st["internet"] = _limits_dict(limits), internet
         with contextlib.suppress(OSError):
             self._save_state(handle)

@@ -23,16 +23,18 @@ CAPS = (
     "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", "CAP_SETFCAP",
 )  # fmt: skip
 
-AGENT_PATH_INSIDE = "/usr/local/lib/corral/agent.py"
+AGENT_PATH_INSIDE = "/usr/local/lib/corral/agent"  # the agent package's directory (or one file)
 RUN_DIR_INSIDE = "/run/corral"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXEC_PATH = "/usr/local/bin:/usr/bin:/bin"  # where the host's bwrap is looked up
 
 # The agent is started through this prelude, run by the python3 that then runs the agent (no
-# extra exec). It reads the agent's code object, compiled once on the host, from an inherited
-# memfd (compiling agent.py costs ~14 ms per start; it falls back to compiling when the
-# sandbox's Python has another bytecode version), moves the ready pipe to fd 3, and closes
-# every other inherited fd (bwrap leaves its --userns fd open in the process it execs).
+# extra exec). It moves the ready pipe to fd 3 and closes every other inherited fd (bwrap
+# leaves its --userns fd open in the process it execs). It reads the agent's modules, compiled
+# once on the host (compile_agent), from an inherited memfd (compiling them costs ~14 ms per
+# start), serves them to imports of the package "agent" and runs its __main__. When the
+# sandbox's Python has another bytecode version, it runs the bind-mounted directory from
+# source instead, like ``python3 -I -S /usr/local/lib/corral/agent`` would.
 _PRELUDE = """\
 import os,sys,marshal
 r,c=int(sys.argv[1]),int(sys.argv[2])
@@ -47,14 +49,25 @@ if r!=3:
     os.dup2(r,3);os.close(r)
 os.closerange(4,65536)
 p=sys.argv[3];sys.argv=sys.argv[3:]
-k=None
+m=None
 try:
     import _frozen_importlib_external as f
-    if d[:4]==f.MAGIC_NUMBER:k=marshal.loads(d[16:])
+    if d[:4]==f.MAGIC_NUMBER:m=marshal.loads(d[16:])
 except Exception:
-    k=None
-if k is None:k=compile(open(p,'rb').read(),p,'exec')
-exec(k,{'__name__':'__main__','__file__':p,'__builtins__':__builtins__})
+    m=None
+if m is None:
+    q=p+'/__main__.py' if os.path.isdir(p) else p
+    sys.path.insert(0,os.path.dirname(q))
+    exec(compile(open(q,'rb').read(),q,'exec'),{'__name__':'__main__','__file__':q,'__builtins__':__builtins__})
+else:
+    import _frozen_importlib as i
+    class L:
+        def find_spec(n,*a):
+            if n.partition('.')[0]=='agent':return i.ModuleSpec(n,L,is_package=n=='agent')
+        def create_module(s):return None
+        def exec_module(o):exec(m[o.__name__.partition('.')[2] or '__init__'],o.__dict__)
+    sys.meta_path.insert(0,L)
+    exec(m['__main__'],{'__name__':'__main__','__package__':'agent','__builtins__':__builtins__})
 """
 
 
@@ -65,13 +78,29 @@ def agent_argv(ready_fd: int, code_fd: int = -1) -> list[str]:
     ]  # fmt: skip
 
 
+def _agent_files(path: Path) -> dict[str, Path]:
+    """module name -> source: the package's modules, or one script run as __main__."""
+    if path.is_dir():
+        return {f.stem: f for f in sorted(path.glob("*.py"))}
+    return {"__main__": path}
+
+
+def agent_mtime(path: Path) -> float:
+    """Changes whenever compile_agent's result may (a module edited, added or removed)."""
+    return max(p.stat().st_mtime for p in (path, *_agent_files(path).values()))
+
+
 def compile_agent(path: Path) -> bytes:
-    """agent.py as a .pyc image (magic number + 12 bytes + marshalled code) for the prelude."""
+    """The agent (a package directory, or one script) as the prelude's bundle: magic number +
+    12 bytes + marshal.dumps({module name: code object}), module names relative to the package."""
     import importlib.util
     import marshal
 
-    code = compile(path.read_bytes(), AGENT_PATH_INSIDE, "exec")
-    return importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
+    codes = {}
+    for name, f in _agent_files(path).items():
+        inside = f"{AGENT_PATH_INSIDE}/{f.name}" if path.is_dir() else AGENT_PATH_INSIDE
+        codes[name] = compile(f.read_bytes(), inside, "exec")
+    return importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(codes)
 
 
 def memfd_with(name: str, data: bytes) -> int:
@@ -93,7 +122,7 @@ class BwrapConfig:
     sandbox_id: str
     root: Path  # the overlay mount
     agent_dir: Path  # host dir bound at /run/corral
-    agent_path: Path  # host agent.py
+    agent_path: Path  # host agent package directory (or one script)
     resolv_conf: Path
     hosts: Path
 
