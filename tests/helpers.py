@@ -127,6 +127,10 @@ def leftovers(run_dir: Path, sandbox_ids: set[str] | None = None) -> dict[str, l
     if sandbox_ids:
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         found["netns"] = [line for line in netns.splitlines() if any(i in line for i in sandbox_ids)]
+        from corral.backends.namespace.network import veth_name
+
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        found["veths"] = [v for v in (veth_name(i) for i in sandbox_ids) if f" {v}@" in links or f" {v}:" in links]
         cgroups = []
         for top in [Path("/sys/fs/cgroup/corral"), *Path("/sys/fs/cgroup").glob("*/corral")]:
             for dirpath, dirnames, _ in os.walk(top):  # errors (a dir removed meanwhile) are ignored

@@ -81,6 +81,27 @@ def raw_request(agent: Agent, payload: bytes, kind: bytes = b"J") -> dict[str, A
 
 
 # --------------------------------------------------------------------------- protocol
+def test_daemon_imports_only_the_standard_library() -> None:
+    """The daemon runs on the sandbox's python3 alone: stdlib imports, or its own modules."""
+    import ast
+    import sys
+
+    from corral.agent import AGENT_PATH
+
+    modules = sorted(AGENT_PATH.glob("*.py"))
+    assert {m.stem for m in modules} >= {"__init__", "__main__", "wire", "server"}
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [] if node.level else [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
+
+
 def test_protocol_constants_and_framing_match_the_agent() -> None:
     assert wire.VERSION == p.VERSION
     assert (wire.K_JSON, wire.K_DATA, wire.K_STDOUT, wire.K_STDERR, wire.K_END) == (

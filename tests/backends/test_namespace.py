@@ -252,7 +252,7 @@ def test_host_files_invisible(backend: NamespaceBackend, rootfs: Path) -> None:
             assert extra == {
                 "/",
                 "/run/corral",
-                "/usr/local/lib/corral/agent.py",
+                "/usr/local/lib/corral/agent",  # the agent package, read-only
                 "/etc/resolv.conf",
                 "/etc/hosts",
             }

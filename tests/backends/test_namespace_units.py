@@ -171,9 +171,22 @@ def test_seccomp_filter_builds(tmp_path: Path) -> None:
     assert path.stat().st_size > 100 and path.stat().st_size % 8 == 0  # sock_filter entries
 
 
-@pytest.mark.parametrize("mode", ["precompiled", "no-code-fd", "other-python-version"])
+MODES = ["precompiled", "no-code-fd", "other-python-version"]
+
+
+def _bundle(path: Path, mode: str) -> int:
+    """The code fd the backend would pass for ``mode`` (-1: none)."""
+    if mode == "no-code-fd":
+        return -1
+    code = bwrap.compile_agent(path)
+    if mode == "other-python-version":
+        code = b"\0\0\0\0" + code[4:]
+    return bwrap.memfd_with("test", code)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_agent_prelude(tmp_path: Path, mode: str) -> None:
-    """The prelude runs the agent from the host-compiled code, or compiles it itself."""
+    """The prelude runs a one-file agent from the host-compiled code, or compiles it itself."""
     import os
     import subprocess
     import sys
@@ -184,10 +197,7 @@ def test_agent_prelude(tmp_path: Path, mode: str) -> None:
         "os.write(3, b'ready ' + ' '.join(sys.argv[1:]).encode() + b'\\n')\n"
         "print(__name__, sorted(os.listdir('/proc/self/fd')))\n"
     )
-    code = bwrap.compile_agent(script)
-    if mode == "other-python-version":
-        code = b"\0\0\0\0" + code[4:]
-    code_fd = bwrap.memfd_with("test", code) if mode != "no-code-fd" else -1
+    code_fd = _bundle(script, mode)
     r, w = os.pipe()
     extra = os.open("/dev/null", os.O_RDONLY)  # an inherited fd the prelude must close
     argv = bwrap.agent_argv(w, code_fd)
@@ -204,3 +214,59 @@ def test_agent_prelude(tmp_path: Path, mode: str) -> None:
     for fd in (r, extra, code_fd):
         if fd >= 0:
             os.close(fd)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_agent_prelude_runs_the_package(tmp_path: Path, mode: str) -> None:
+    """The real agent package through the prelude: from the bundle, or from the directory."""
+    import os
+    import select
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from corral.agent import AGENT_PATH
+    from corral.agent import protocol as p
+
+    # The bundle is compiled from a copy that answers another version: it shows which code ran.
+    marked = tmp_path / "marked"
+    shutil.copytree(AGENT_PATH, marked, ignore=shutil.ignore_patterns("__pycache__"))
+    wire = marked / "wire.py"
+    wire.write_text(wire.read_text().replace('VERSION = "1"', 'VERSION = "bundle"', 1))
+    code_fd = _bundle(marked, mode)
+    sock, log = str(tmp_path / "agent.sock"), tmp_path / "agent.log"
+    r, w = os.pipe()
+    extra = os.open("/dev/null", os.O_RDONLY)  # an inherited fd the prelude must close
+    argv = bwrap.agent_argv(w, code_fd)
+    argv[0] = sys.executable
+    argv[argv.index(bwrap.AGENT_PATH_INSIDE)] = str(AGENT_PATH)
+    argv[argv.index("--socket") + 1], argv[argv.index("--log") + 1] = sock, str(log)
+    fds = tuple(fd for fd in (w, code_fd, extra) if fd >= 0)
+    proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        os.close(w)
+        assert select.select([r], [], [], 10)[0], "not ready within 10 s"
+        assert os.read(r, 100) == b"ready\n", proc.stderr.read() if proc.stderr else ""
+        deadline = time.monotonic() + 10
+        while "listening" not in (log.read_text() if log.exists() else ""):  # start-up done
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # Nothing inherited is left: stdio and the listening socket.
+        inside = {fd: os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")}
+        assert sorted(inside)[:3] == ["0", "1", "2"] and len(inside) == 4, inside
+        assert next(t for fd, t in inside.items() if int(fd) > 2).startswith("socket:"), inside
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(sock)
+            s.sendall(p.encode_json({"op": "ping"}))
+            answer = p.decode_json(p.recv_frame(s)[1])
+        assert answer["pid"] == proc.pid
+        assert answer["version"] == ("bundle" if mode == "precompiled" else "1")
+    finally:
+        proc.kill()
+        proc.wait()
+        for fd in (r, extra, code_fd):
+            if fd >= 0:
+                os.close(fd)
