@@ -126,4 +126,9 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     ensure_template(settings.templates_dir, "base", progress=_progress_printer())
     app = create_app(settings)
     print(f"corral {__version__} serving on http://{settings.host}:{settings.port}", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    # Idle keep-alive connections live 75 s (as behind nginx): SDK clients hold one per sandbox, and
+    # a short timeout races with their next request on the same connection.
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+        timeout_keep_alive=75,
+    )

@@ -11,6 +11,7 @@ from corral.sdk._errors import error_from_response, transport_errors
 from corral.sdk.config import ConnectionConfig, shared_ssl_context
 
 Content = bytes | AsyncIterable[bytes] | None
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 class AsyncApiClient:
@@ -43,7 +44,14 @@ class AsyncApiClient:
     ) -> Any:
         """Send one request; return the decoded JSON answer (None when it has no body)."""
         with transport_errors(self.config.api_url):
-            resp = await self._http.request(method, path, json=json, params=params, content=content)
+            try:
+                resp = await self._http.request(method, path, json=json, params=params, content=content)
+            except httpx.RemoteProtocolError:
+                # A kept-alive connection the server closed just as we reused it: the request was
+                # not answered. Idempotent requests are sent once more, on a fresh connection.
+                if method not in IDEMPOTENT or not (content is None or isinstance(content, bytes)):
+                    raise
+                resp = await self._http.request(method, path, json=json, params=params, content=content)
         if resp.status_code >= 400:
             raise error_from_response(resp.status_code, resp.content)
         if resp.status_code == 204 or not resp.content:
