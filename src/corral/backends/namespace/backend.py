@@ -462,6 +462,7 @@ class NamespaceBackend(Backend):
         self._ready = False
         with contextlib.suppress(OSError):
             self.run_dir.rmdir()  # only if no sandbox is left
+        cgroups.remove_parents()  # likewise
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -243,3 +243,12 @@ def list_sandbox_ids(root: Path = CGROUP_ROOT) -> set[str]:
         except (FileNotFoundError, NotADirectoryError):
             pass
     return ids
+
+
+def remove_parents(root: Path = CGROUP_ROOT) -> None:
+    """Remove the corral parent cgroups if no sandbox is left in them (a server shutting down)."""
+    for parent in [*(root / c / GROUP for c in V1_CONTROLLERS), root / GROUP]:
+        try:
+            parent.rmdir()
+        except OSError:  # absent, or still holding sandboxes (EBUSY): both fine
+            pass
