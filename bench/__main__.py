@@ -80,7 +80,7 @@ async def bench_idle(server: ServerProcess, count: int) -> dict:
     kw = {"api_url": server.url, "api_key": server.api_key}
     before = mem_available()
     t0 = time.perf_counter()
-    sem = asyncio.Semaphore(16)
+    sem = asyncio.Semaphore(8)  # creates in flight at once; more only queue up on 2 cores
 
     async def one() -> AsyncSandbox:
         async with sem:

@@ -7,6 +7,7 @@ from fastapi import Request
 from ...manager import Manager
 
 
-def manager(request: Request) -> Manager:
+async def manager(request: Request) -> Manager:
+    # async on purpose: FastAPI runs plain-def dependencies in a thread pool (a hop per request).
     m: Manager = request.app.state.manager
     return m
