@@ -105,9 +105,11 @@ def build(templates_dir: Path, recipe: Recipe, progress: Progress | None = None)
     tmp = home / "current.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.rename(home / "current.json")
-    # Older builds of this template are no longer referenced.
+    # Older builds go, unless a running sandbox still has one as its overlay's lower dir.
+    in_use = Path("/proc/mounts").read_text()
     for old in home.iterdir():
-        if old.is_dir() and old.name != digest and not old.name.startswith(".build-"):
+        stale = old.is_dir() and old.name != digest and not old.name.startswith(".build-")
+        if stale and f"lowerdir={old / 'rootfs'}" not in in_use:
             shutil.rmtree(old, ignore_errors=True)
     say(f"template {recipe.name} built in {elapsed:.0f} s")
     return final_dir / "rootfs"
