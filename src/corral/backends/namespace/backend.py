@@ -117,6 +117,7 @@ class NamespaceBackend(Backend):
             self._cg_version = version
             try:
                 self.run_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+                overlay.ensure_run_tmpfs(self.run_dir)
                 await asyncio.to_thread(self._userns.fd)
                 self._seccomp = seccomp.filter_bytes()
                 await network.init_firewall(self.subnet)
@@ -461,6 +462,7 @@ class NamespaceBackend(Backend):
         self._userns.close()
         self._ready = False
         with contextlib.suppress(OSError):
+            overlay.release_run_tmpfs(self.run_dir)
             self.run_dir.rmdir()  # only if no sandbox is left
         cgroups.remove_parents()  # likewise
 

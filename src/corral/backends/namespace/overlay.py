@@ -169,3 +169,41 @@ def mounts_under(prefix: Path) -> list[Path]:
                 found.append(Path(mnt))
     found.reverse()  # mountinfo lists mounts in the order they were made
     return list(dict.fromkeys(found))
+
+
+def fs_type(path: Path) -> str:
+    """The type of the filesystem that holds ``path`` (the longest mount point above it)."""
+    target = str(path.resolve())
+    best, best_type = "", ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            mnt = left.split()[4].encode().decode("unicode_escape")
+            if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, best_type = mnt, right.split()[0]
+    return best_type
+
+
+RUN_DIR_SOURCE = "corral-run"
+
+
+def ensure_run_tmpfs(run_dir: Path) -> None:
+    """Keep the run dir in RAM, as /run is on most hosts: every sandbox start makes dirs, mounts
+    and small state files there, and on a disk filesystem each costs a journal write."""
+    if fs_type(run_dir) == "tmpfs" or any(run_dir.iterdir()):
+        return  # already in RAM, or holding sandboxes (never hide them under a new mount)
+    # SECURITY: nosuid/nodev; mode 0711 lets bwrap (uid 100000) traverse to its sandbox's dir only.
+    mount(RUN_DIR_SOURCE, run_dir, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0711,size=64m")
+
+
+def release_run_tmpfs(run_dir: Path) -> None:
+    """Undo ensure_run_tmpfs once no sandbox is left in the run dir."""
+    if any(run_dir.iterdir()):
+        return
+    with open("/proc/self/mountinfo") as f:
+        ours = any(
+            line.split()[4] == str(run_dir) and line.partition(" - ")[2].split()[1] == RUN_DIR_SOURCE
+            for line in f
+        )
+    if ours:
+        umount(run_dir)
