@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -140,3 +141,34 @@ def test_max_sandboxes_is_enforced() -> None:
     finally:
         server.stop()
         server.remove_dirs()
+
+
+def test_shutdown_while_a_pooled_sandbox_warms_up_leaves_nothing(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A sandbox the pool has started but not yet handed out belongs to nobody: shutdown frees it."""
+    import asyncio
+    import secrets
+
+    from corral.manager import Manager, pool
+    from corral.settings import Settings
+    from helpers import TEMPLATES_DIR
+
+    run_dir = Path(f"/run/corral-test-{secrets.token_hex(3)}")
+    warming = asyncio.Event()
+
+    async def stuck_warm_up(handle: object) -> None:  # the pool is cancelled right here
+        warming.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(pool, "_warm_up", stuck_warm_up)
+
+    async def scenario() -> None:
+        settings = Settings(
+            data_dir=tmp_path, run_dir=run_dir, templates_dir=TEMPLATES_DIR, pool_size=1, api_key="x"
+        )
+        manager = Manager.from_settings(settings)
+        await manager.start()
+        await asyncio.wait_for(warming.wait(), 30)
+        await manager.shutdown()
+
+    asyncio.run(scenario())
+    assert not leftovers(run_dir), leftovers(run_dir)

@@ -92,8 +92,8 @@ class Pool:
                 handle = await self.manager.backend.start(spec)
                 try:
                     await _warm_up(handle)
-                except Exception:
-                    await self.manager.backend.cleanup(handle)
+                except BaseException:  # a failure, or the pool closing: the sandbox is nobody's
+                    await asyncio.shield(self.manager.backend.cleanup(handle))
                     raise
                 ready.append(handle)
 
