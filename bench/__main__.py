@@ -66,6 +66,8 @@ def bench_create_run_kill(server: ServerProcess, runs: int, gap: float) -> dict:
 
 def bench_round_trip(server: ServerProcess, runs: int) -> dict:
     with Sandbox.create(api_url=server.url, api_key=server.api_key) as sbx:
+        # Steady state: let the previous scenario's cleanups and the pool refill finish first.
+        time.sleep(1.0)
         for _ in range(5):
             sbx.commands.run("true")
         samples = []

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_health_is_open_and_everything_else_needs_the_key(corral_server: ServerProcess) -> None:
     assert httpx.get(corral_server.url + "/health").json()["status"] == "ok"
     for method, path in [("GET", "/v1/sandboxes"), ("POST", "/v1/sandboxes"), ("GET", "/metrics"),
-                         ("DELETE", "/v1/sandboxes/abc"), ("GET", "/v1/sandboxes/abc/files?path=/etc/passwd")]:
+                         ("DELETE", "/v1/sandboxes/abc"), ("GET", "/v1/sandboxes/abc/files?path=/etc/passwd"),
+                         ("POST", "/v1/sandboxes/abc/commands")]:
         r = httpx.request(method, corral_server.url + path)
         assert r.status_code == 401, (method, path, r.text)
         assert r.json()["code"] == "unauthorized"
@@ -58,6 +59,10 @@ def test_bad_input_on_a_running_sandbox(corral_server: ServerProcess) -> None:
         try:
             cases = [
                 (c.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": ""}), 400, "invalid_request"),
+                (c.post(f"/v1/sandboxes/{sid}/commands", content=b"{nope"), 400, "invalid_request"),
+                (c.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "true", "bogus": 1}), 400, "invalid_request"),
+                (c.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "true", "timeout": -1}), 400, "invalid_request"),
+                (c.post(f"/v1/sandboxes/{sid}/commands", content=b"x" * (21 * 1024 * 1024)), 413, "payload_too_large"),
                 (c.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "true", "user": "bad user"}), 400, "invalid_request"),
                 (c.post(f"/v1/sandboxes/{sid}/commands/999999/stdin", json={"data": "x"}), 404, "process_not_found"),
                 (c.post(f"/v1/sandboxes/{sid}/commands/999999/signal", json={"signal": "SIGNOPE"}), 400, "invalid_request"),

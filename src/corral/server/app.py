@@ -16,6 +16,7 @@ from .. import __version__, errors
 from ..manager import Manager
 from ..settings import Settings
 from .auth import OPEN_PATHS, check_key, load_or_create_key
+from .render import error_response, invalid_request
 from .routes import commands, files, sandboxes
 
 log = logging.getLogger("corral.server")
@@ -23,12 +24,9 @@ log = logging.getLogger("corral.server")
 MAX_JSON_BODY = 20 * 1024 * 1024
 
 
-def error_response(err: errors.CorralError) -> JSONResponse:
-    return JSONResponse(err.to_body(), status_code=err.status)
-
-
 class Guard:
-    """Pure ASGI middleware: the API key on every call but the open paths, and a cap on JSON bodies.
+    """Pure ASGI middleware: the API key on every call but the open paths, a cap on JSON bodies,
+    and the fast path for running commands (see ``routes/commands.py``).
 
     (Starlette's BaseHTTPMiddleware would copy every streamed response through a memory stream.)
     """
@@ -49,6 +47,9 @@ class Guard:
                     raise errors.PayloadTooLargeError(f"request body over {MAX_JSON_BODY} bytes")
         except errors.CorralError as err:
             return await error_response(err)(scope, receive, send)
+        if scope["method"] == "POST" and (match := commands.RUN_PATH.fullmatch(scope["path"])):
+            manager: Manager = scope["app"].state.manager
+            return await commands.run_command_asgi(manager, match["sandbox_id"], scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -79,11 +80,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        parts = []
-        for e in err.errors()[:5]:
-            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-            parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
-        return error_response(errors.InvalidRequestError("; ".join(parts) or "invalid request"))
+        return error_response(invalid_request(err.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:

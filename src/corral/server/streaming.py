@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 KEEPALIVE_SECONDS = 10.0
@@ -60,12 +60,12 @@ async def decoded(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[s
         yield event
 
 
-async def ndjson(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def ndjson(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[bytes, None]:
     async for event in with_keepalives(decoded(events)):
         yield json.dumps(event, separators=(",", ":")).encode() + b"\n"
 
 
-async def sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def sse(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[bytes, None]:
     async for event in with_keepalives(decoded(events)):
         if event["type"] == "keepalive":
             yield b": keepalive\n\n"
