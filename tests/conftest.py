@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from corral import Sandbox
 from helpers import ServerProcess
 
 
@@ -17,6 +18,19 @@ def corral_server() -> Iterator[ServerProcess]:
     finally:
         server.stop()
         server.remove_dirs()
+
+
+@pytest.fixture()
+def api(corral_server: ServerProcess) -> dict[str, str]:
+    """Connection arguments for the session's real server."""
+    return {"api_url": corral_server.url, "api_key": corral_server.api_key}
+
+
+@pytest.fixture()
+def sbx(api: dict[str, str]) -> Iterator[Sandbox]:
+    """A fresh sandbox, killed after the test."""
+    with Sandbox.create(**api) as sandbox:
+        yield sandbox
 
 
 @pytest.fixture()

@@ -7,7 +7,6 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,17 +15,6 @@ import pytest
 from corral import CommandExitError, Sandbox
 from corral import FileNotFoundError as CorralFileNotFound
 from helpers import ServerProcess, assert_clean
-
-
-@pytest.fixture()
-def kw(corral_server: ServerProcess) -> dict[str, str]:
-    return {"api_url": corral_server.url, "api_key": corral_server.api_key}
-
-
-@pytest.fixture()
-def sbx(kw: dict[str, str]) -> Iterator[Sandbox]:
-    with Sandbox.create(**kw) as s:
-        yield s
 
 
 def run(sbx: Sandbox, cmd: str, user: str = "user", timeout: float = 30):  # type: ignore[no-untyped-def]
@@ -75,8 +63,8 @@ def test_symlinks_resolve_inside_the_sandbox(sbx: Sandbox) -> None:
     assert "usr" in entries and "run" in entries
 
 
-def test_other_sandboxes_are_out_of_reach(kw: dict[str, str]) -> None:
-    with Sandbox.create(**kw) as a, Sandbox.create(**kw) as b:
+def test_other_sandboxes_are_out_of_reach(api: dict[str, str]) -> None:
+    with Sandbox.create(**api) as a, Sandbox.create(**api) as b:
         tag = secrets.token_hex(4)
         a.files.write(f"/tmp/secret-{tag}", "a's secret")
         a.commands.run(f"sleep 1000 {tag} &>/dev/null &")
@@ -92,10 +80,10 @@ def test_other_sandboxes_are_out_of_reach(kw: dict[str, str]) -> None:
         assert ok.exit_code == 0
 
 
-def test_writes_never_reach_the_next_sandbox(kw: dict[str, str]) -> None:
-    with Sandbox.create(**kw) as a:
+def test_writes_never_reach_the_next_sandbox(api: dict[str, str]) -> None:
+    with Sandbox.create(**api) as a:
         run(a, "echo changed > /etc/motd-corral; rm -f /usr/bin/git; echo x > /home/user/x", user="root")
-    with Sandbox.create(**kw) as b:
+    with Sandbox.create(**api) as b:
         assert run(b, "cat /etc/motd-corral").exit_code != 0
         assert run(b, "test -x /usr/bin/git && test ! -e /home/user/x").exit_code == 0
 
@@ -130,9 +118,9 @@ def test_control_api_and_host_loopback_are_out_of_reach(corral_server: ServerPro
         host_server.shutdown()
 
 
-def test_fork_bomb_hits_the_pids_limit_only_there(corral_server: ServerProcess, kw: dict[str, str]) -> None:
-    with Sandbox.create(**kw) as other:
-        bomb = Sandbox.create(**kw)
+def test_fork_bomb_hits_the_pids_limit_only_there(corral_server: ServerProcess, api: dict[str, str]) -> None:
+    with Sandbox.create(**api) as other:
+        bomb = Sandbox.create(**api)
         try:
             bomb.commands.run("bomb() { bomb | bomb & }; bomb", timeout=5)
         except Exception:
@@ -143,16 +131,16 @@ def test_fork_bomb_hits_the_pids_limit_only_there(corral_server: ServerProcess, 
         assert_clean(corral_server.run_dir, {bomb.sandbox_id}, timeout=30)
 
 
-def test_memory_bomb_is_oom_killed_only_there(kw: dict[str, str]) -> None:
-    with Sandbox.create(memory_mb=128, disk_mb=64, **kw) as bomb, Sandbox.create(**kw) as other:
+def test_memory_bomb_is_oom_killed_only_there(api: dict[str, str]) -> None:
+    with Sandbox.create(memory_mb=128, disk_mb=64, **api) as bomb, Sandbox.create(**api) as other:
         r = run(bomb, "python3 -c 'x = bytearray(1024 * 1024 * 1024); print(len(x))'", timeout=30)
         assert r.exit_code == 137  # SIGKILL from the OOM killer, inside the sandbox's own cgroup
         assert other.commands.run("echo fine").stdout == "fine\n"
         assert bomb.commands.run("echo alive").stdout == "alive\n"  # the hog died, not the sandbox
 
 
-def test_disk_fill_stops_at_the_quota(kw: dict[str, str]) -> None:
-    with Sandbox.create(disk_mb=64, **kw) as s:
+def test_disk_fill_stops_at_the_quota(api: dict[str, str]) -> None:
+    with Sandbox.create(disk_mb=64, **api) as s:
         r = run(s, "dd if=/dev/zero of=/home/user/big bs=1M count=500 2>&1", timeout=60)
         assert r.exit_code != 0 and "No space left" in (r.stdout + r.stderr)
         size = int(run(s, "stat -c %s /home/user/big").stdout)
@@ -169,15 +157,15 @@ def test_output_flood_and_closed_stdout_do_not_hurt_the_server(corral_server: Se
 
 
 @pytest.mark.network
-def test_pip_install_with_internet_on(kw: dict[str, str]) -> None:
-    with Sandbox.create(internet=True, **kw) as s:
+def test_pip_install_with_internet_on(api: dict[str, str]) -> None:
+    with Sandbox.create(internet=True, **api) as s:
         r = s.commands.run("pip install --quiet --no-cache-dir six && python3 -c 'import six; print(six.__name__)'",
                            timeout=180)
         assert r.stdout.strip().endswith("six")
 
 
-def test_internet_off_has_no_way_out(kw: dict[str, str]) -> None:
-    with Sandbox.create(internet=False, **kw) as s:
+def test_internet_off_has_no_way_out(api: dict[str, str]) -> None:
+    with Sandbox.create(internet=False, **api) as s:
         r = run(s, "pip download --no-deps --timeout 3 --retries 0 -d /tmp/x six 2>&1", timeout=60)
         assert r.exit_code != 0
 

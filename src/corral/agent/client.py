@@ -41,6 +41,16 @@ def _unavailable(detail: object) -> UnavailableError:
     return UnavailableError(f"sandbox agent unreachable: {detail}")
 
 
+def _json_answer(kind: bytes, payload: bytes) -> dict[str, Any]:
+    """An answer frame, which must be J; raises the agent's error if it is one."""
+    if kind != p.KIND_JSON:
+        raise _unavailable(f"expected a J frame from the agent, got {kind!r}")
+    try:
+        return _check(p.decode_json(payload))
+    except p.ProtocolError as e:
+        raise _unavailable(e) from None
+
+
 def _check(answer: dict[str, Any]) -> dict[str, Any]:
     if isinstance(answer.get("error"), dict):  # an end event's "error" is a string or null
         raise agent_error(answer["error"])
@@ -72,13 +82,7 @@ class _Connection:
 
     async def answer(self) -> dict[str, Any]:
         """The next frame, which must be J; raises the agent's error if it is one."""
-        kind, payload = await self.frame()
-        if kind != p.KIND_JSON:
-            raise _unavailable(f"expected a J frame from the agent, got {kind!r}")
-        try:
-            return _check(p.decode_json(payload))
-        except p.ProtocolError as e:
-            raise _unavailable(e) from None
+        return _json_answer(*await self.frame())
 
     def close(self) -> None:
         try:
@@ -291,13 +295,7 @@ class AgentClient:
                 await conn.writer.drain()
             except (ConnectionError, OSError):
                 pass  # the agent stopped reading: its answer says why
-            kind, payload = await answer_task
-            if kind != p.KIND_JSON:
-                raise _unavailable(f"expected a J frame from the agent, got {kind!r}")
-            try:
-                return _check(p.decode_json(payload))
-            except p.ProtocolError as e:
-                raise _unavailable(e) from None
+            return _json_answer(*await answer_task)
         finally:
             if not answer_task.done():
                 answer_task.cancel()

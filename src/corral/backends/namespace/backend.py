@@ -230,7 +230,7 @@ class NamespaceBackend(Backend):
             except bwrap.SpawnError as e:
                 raise errors.SandboxFailedError(f"sandbox {sid} failed to start: {e}") from None
             t2 = time.perf_counter()
-            line = await _read_ready(ready_r, READY_TIMEOUT)
+            line = await bwrap.read_fd(ready_r, until=b"\n", timeout=READY_TIMEOUT)
         finally:
             if child is not None:
                 child.close()
@@ -523,28 +523,3 @@ def _stale_foreign_ids(run_dir: Path, known: set[str], grace: float = 60.0) -> s
         except OSError:
             continue
     return found
-
-
-async def _read_ready(fd: int, timeout: float) -> bytes | None:
-    """Read the agent's ready line from the pipe; None on timeout, b"" (or partial) on EOF."""
-    os.set_blocking(fd, False)
-    loop = asyncio.get_running_loop()
-    buf = b""
-    deadline = loop.time() + timeout
-    while not buf.endswith(b"\n"):
-        try:
-            chunk = os.read(fd, 64)
-        except BlockingIOError:
-            ev = asyncio.Event()
-            loop.add_reader(fd, ev.set)
-            try:
-                await asyncio.wait_for(ev.wait(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                return None
-            finally:
-                loop.remove_reader(fd)
-            continue
-        if not chunk:
-            return buf
-        buf += chunk
-    return buf

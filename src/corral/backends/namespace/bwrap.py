@@ -283,7 +283,7 @@ class GatedChild:
         """Return once bwrap is exec'd; raise SpawnError with the child's reason if it was not."""
         fd, self._err_r = self._err_r, -1
         try:
-            data = await _read_to_eof(fd)
+            data = await read_fd(fd)
         finally:
             os.close(fd)
         if data:
@@ -296,21 +296,30 @@ class GatedChild:
             self._err_r = -1
 
 
-async def _read_to_eof(fd: int) -> bytes:
+async def read_fd(fd: int, *, until: bytes = b"", timeout: float | None = None) -> bytes | None:
+    """Read a pipe without blocking the loop: to EOF, or until the data ends with ``until``.
+
+    None when ``timeout`` seconds pass first; what was read so far when EOF comes early.
+    """
     os.set_blocking(fd, False)
     loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
     data = b""
-    while True:
+    while not (until and data.endswith(until)):
         try:
             chunk = os.read(fd, 4096)
         except BlockingIOError:
             ev = asyncio.Event()
             loop.add_reader(fd, ev.set)
             try:
-                await ev.wait()
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                await asyncio.wait_for(ev.wait(), left)
+            except TimeoutError:
+                return None
             finally:
                 loop.remove_reader(fd)
             continue
         if not chunk:
-            return data
+            break
         data += chunk
+    return data
