@@ -1,7 +1,7 @@
 """`make bench`: corral's numbers next to their floor, printed as a table and written as JSON.
 
 Scenarios (issue 2): create + first output of `echo hi` + kill through the SDK over HTTP; command
-round trip of `true`; 200 concurrent idle sandboxes (host memory each, time to create all);
+round trip of `true`; PTY keystroke echo round trip; 200 concurrent idle sandboxes (host memory each, time to create all);
 20 parallel clients doing create/run/kill for a fixed time (errors, leftovers, sandboxes/s).
 Set BENCH_QUICK=1 for a short smoke run.
 """
@@ -78,6 +78,28 @@ def bench_round_trip(server: ServerProcess, runs: int) -> dict:
     return ms(samples)
 
 
+def bench_pty_echo(server: ServerProcess, keystrokes: int) -> dict:
+    """One character typed into a terminal (``cat`` in raw mode) until it echoes back."""
+    with Sandbox.create(api_url=server.url, api_key=server.api_key) as sbx:
+        h = sbx.pty.create(cmd="stty raw -echo; echo ready; exec cat")
+        for _ in h:
+            if "ready" in h.output:
+                break
+        samples = []
+        for i in range(keystrokes + 5):
+            key = "abcdefghijklmnopqrstuvwxyz"[i % 26]
+            seen = len(h.output)
+            t0 = time.perf_counter()
+            h.send_stdin(key)
+            for _ in h:
+                if key in h.output[seen:]:
+                    break
+            if i >= 5:  # the first keystrokes warm the connections
+                samples.append(time.perf_counter() - t0)
+        h.kill()
+    return ms(samples)
+
+
 async def bench_idle(server: ServerProcess, count: int) -> dict:
     kw = {"api_url": server.url, "api_key": server.api_key}
     before = mem_available()
@@ -136,6 +158,8 @@ def main() -> int:
         results["create_echo_kill"] = bench_create_run_kill(server, runs=10 if QUICK else 60, gap=0.15)
         print("command round trip...", flush=True)
         results["command_round_trip"] = bench_round_trip(server, runs=30 if QUICK else 200)
+        print("PTY keystroke echo round trip...", flush=True)
+        results["pty_keystroke_echo"] = bench_pty_echo(server, keystrokes=30 if QUICK else 100)
         print("concurrent idle sandboxes...", flush=True)
         results["idle_sandboxes"] = asyncio.run(bench_idle(server, 20 if QUICK else 200))
         print("parallel clients...", flush=True)
@@ -160,6 +184,8 @@ def main() -> int:
          f"{results['create_echo_kill_cold']['p95_ms']} ms", "-"),
         ("command round trip `true`", f"{results['command_round_trip']['p50_ms']} ms",
          f"{results['command_round_trip']['p95_ms']} ms", "p50 <= 5 ms"),
+        ("PTY keystroke echo round trip", f"{results['pty_keystroke_echo']['p50_ms']} ms",
+         f"{results['pty_keystroke_echo']['p95_ms']} ms", "p50 <= 5 ms"),
         (f"{results['idle_sandboxes']['sandboxes']} idle sandboxes", f"{results['idle_sandboxes']['host_mib_each']} MiB each",
          f"all in {results['idle_sandboxes']['create_all_s']} s", "<= 5 MiB each, <= 10 s"),
         (f"{results['parallel_clients']['clients']} parallel clients", f"{results['parallel_clients']['sandboxes_per_s']} sandboxes/s",

@@ -40,6 +40,7 @@ from corral.sdk import (
     CommandTimeoutError,
     EntryInfo,
     ProcessInfo,
+    PtyHandle,
     Sandbox,
     SandboxInfo,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProcessInfo",
     "ProcessNotFoundError",
+    "PtyHandle",
     "Sandbox",
     "SandboxFailedError",
     "SandboxInfo",

@@ -100,6 +100,30 @@ class SendStdin(Strict):
     data: str = Field(..., max_length=16 * 1024 * 1024)
 
 
+class CreatePty(Strict):
+    cols: int = Field(..., ge=1, le=1000, description="Terminal width in columns.")
+    rows: int = Field(..., ge=1, le=1000, description="Terminal height in rows.")
+    cmd: str | None = Field(
+        None, min_length=1, max_length=256 * 1024,
+        description="A command line run with `bash -l -c`; null runs an interactive login bash.",
+    )
+    envs: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = Field(None, max_length=4096)
+    user: str = Field("user", min_length=1, max_length=32, pattern=r"^[a-z_][a-z0-9_-]*$")
+    timeout: float | None = Field(None, ge=0, description="Seconds; 0 or null means no limit.")
+
+    _envs = field_validator("envs")(classmethod(lambda cls, v: _check_envs(v)))
+
+
+class PtyInput(Strict):
+    data: str = Field(..., max_length=16 * 1024 * 1024)
+
+
+class ResizePty(Strict):
+    cols: int = Field(..., ge=1, le=1000)
+    rows: int = Field(..., ge=1, le=1000)
+
+
 class SendSignal(Strict):
     signal: str | int = "SIGTERM"
 
@@ -139,3 +163,15 @@ class Rename(Strict):
 class ErrorBody(BaseModel):
     code: str
     message: str
+
+
+class FileUrlRequest(Strict):
+    path: str = Field(..., min_length=1, max_length=4096)
+    user: str = Field("user", pattern=r"^[a-z_][a-z0-9_-]*$", max_length=32)
+    operation: Literal["download", "upload"]
+    expires_in: int = Field(3600, ge=1, le=7 * 24 * 3600, description="Seconds the URL stays valid (at most 7 days).")
+
+
+class FileUrl(BaseModel):
+    url: str = Field(..., description="Usable without an API key until expires_at.")
+    expires_at: datetime

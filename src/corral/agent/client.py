@@ -215,21 +215,27 @@ class AgentClient:
         timeout: float | None = None,
         stdin: bool = False,
         tag: str | None = None,
+        pty: dict[str, int] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Start a process; events: start {pid}, stdout/stderr {data: bytes}, end {exit_code, error}."""
-        return self._stream(
-            {
-                "op": "exec",
-                "cmd": cmd,
-                "args": list(args),
-                "envs": dict(envs or {}),
-                "cwd": cwd,
-                "user": user,
-                "timeout": timeout,
-                "stdin": stdin,
-                "tag": tag,
-            }
-        )
+        """Start a process; events: start {pid}, stdout/stderr {data: bytes}, end {exit_code, error}.
+
+        With ``pty={"cols": C, "rows": R}`` it runs on a new pseudo-terminal: all its output
+        comes as stdout, ``send_stdin`` types into the terminal and ``resize`` changes its size.
+        """
+        request: dict[str, Any] = {
+            "op": "exec",
+            "cmd": cmd,
+            "args": list(args),
+            "envs": dict(envs or {}),
+            "cwd": cwd,
+            "user": user,
+            "timeout": timeout,
+            "stdin": stdin,
+            "tag": tag,
+        }
+        if pty is not None:
+            request["pty"] = {"cols": pty.get("cols"), "rows": pty.get("rows")}
+        return self._stream(request)
 
     def connect(self, pid: int) -> AsyncIterator[dict[str, Any]]:
         """Re-attach: start, the output still buffered (last 1 MiB), live output, then end."""
@@ -249,6 +255,10 @@ class AgentClient:
 
     async def close_stdin(self, pid: int) -> None:
         await self._call({"op": "close_stdin", "pid": pid})
+
+    async def resize(self, pid: int, cols: int, rows: int) -> None:
+        """Set the window size of the terminal of a process started with ``pty`` (it gets SIGWINCH)."""
+        await self._call({"op": "resize", "pid": pid, "cols": cols, "rows": rows})
 
     async def signal(self, pid: int, signum: int) -> None:
         """Send ``signum`` to the process group of ``pid``."""
@@ -321,6 +331,26 @@ class AgentClient:
     async def rename(self, src: str, dst: str, user: str = "user") -> dict[str, Any]:
         """Rename ``src`` to ``dst``; returns the EntryInfo of ``dst``."""
         return await self._call({"op": "rename", "src": src, "dst": dst, "user": user})
+
+    async def watch(self, path: str, recursive: bool = False, user: str = "user") -> AsyncIterator[dict[str, Any]]:
+        """Watch a directory: ``{"type": "start"}`` once watching (the first item raises the agent's
+        error), then ``{"type": "create"|"write"|"remove"|"rename"|"chmod", "path", "time"}`` events
+        until the stream is closed (which removes the watch) or the agent goes away (the end)."""
+        conn = await self._open({"op": "watch", "path": path, "recursive": recursive, "user": user})
+        started = False
+        try:
+            while True:
+                try:
+                    kind, payload = await conn.frame()
+                except UnavailableError:
+                    if started:
+                        return  # the sandbox stopped: the watch ended with it
+                    raise
+                event = _json_answer(kind, payload)
+                started = True
+                yield event
+        finally:
+            conn.close()
 
 
 async def _aiter_chunks(chunks: Chunks) -> AsyncIterator[bytes | bytearray | memoryview]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import hmac
+import json
 import logging
 import secrets
 import string
@@ -86,6 +88,9 @@ class Manager:
                     alive = False
             if alive:
                 keep.add(rec.id)
+                if not rec.url_secret:  # a record from before signed file URLs
+                    rec.url_secret = secrets.token_hex(32)
+                    self.store.update(rec.id, url_secret=rec.url_secret)
                 self._adopt(rec, handle)
                 self.store.add_event(rec.id, "reattached")
                 log.info("reattached sandbox %s", rec.id)
@@ -140,7 +145,7 @@ class Manager:
             id=sandbox_id, template=req.template, state=State.RUNNING, backend=self.backend.name,
             created_at=now, end_at=now + timeout, cpu_count=limits.cpu_count, memory_mb=limits.memory_mb,
             disk_mb=limits.disk_mb, internet=req.internet, metadata=dict(req.metadata), envs=dict(req.envs),
-            backend_state=handle.state,
+            backend_state=handle.state, url_secret=secrets.token_hex(32),
         )
         lv = self._adopt(rec, handle)
         try:
@@ -206,6 +211,36 @@ class Manager:
         )
         return await _started(stream)
 
+    async def start_pty(
+        self,
+        sandbox_id: str,
+        cols: int,
+        rows: int,
+        cmd: str = "/bin/bash",
+        args: builtins.list[str] | None = None,
+        envs: dict[str, str] | None = None,
+        cwd: str | None = None,
+        user: str = "user",
+        timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Start ``cmd`` (an interactive login bash by default) on a ``cols`` x ``rows`` terminal.
+
+        The events are those of ``run_command``; the terminal's output is all stdout. Input goes
+        through ``send_stdin``, killing through ``signal_command``.
+        """
+        _check_size(cols, rows)
+        lv = self._running(sandbox_id)
+        metrics.COMMANDS.inc()
+        stream = lv.agent.exec(
+            cmd=cmd, args=["-i", "-l"] if args is None else args, envs=envs, cwd=cwd, user=user,
+            timeout=timeout or None, pty={"cols": cols, "rows": rows},
+        )
+        return await _started(stream)
+
+    async def resize_pty(self, sandbox_id: str, pid: int, cols: int, rows: int) -> None:
+        _check_size(cols, rows)
+        await self._running(sandbox_id).agent.resize(pid, cols, rows)
+
     async def connect_command(self, sandbox_id: str, pid: int) -> AsyncIterator[dict[str, Any]]:
         return await _started(self._running(sandbox_id).agent.connect(pid))
 
@@ -247,6 +282,43 @@ class Manager:
 
     async def rename(self, sandbox_id: str, src: str, dst: str, user: str) -> dict[str, Any]:
         return await self._running(sandbox_id).agent.rename(_path(src, user), _path(dst, user), user)
+
+    async def watch_dir(self, sandbox_id: str, path: str, recursive: bool, user: str) -> AsyncIterator[dict[str, Any]]:
+        """Filesystem events under a directory: start, then create/write/remove/rename/chmod."""
+        stream = self._running(sandbox_id).agent.watch(_path(path, user), recursive, user)
+        return await _started(stream)
+
+    # ----------------------------------------------------------------- signed file URLs
+
+    def sign_file_url(
+        self, sandbox_id: str, path: str, user: str, operation: str, expires_in: int
+    ) -> tuple[str, int, str]:
+        """(absolute path, expiry as a unix time, signature) of a URL that grants ``operation``."""
+        if operation not in FILE_URL_OPS:
+            raise errors.InvalidRequestError(f"operation must be one of {', '.join(FILE_URL_OPS)}")
+        if not 1 <= expires_in <= MAX_FILE_URL_SECONDS:
+            raise errors.InvalidRequestError(f"expires_in must be between 1 and {MAX_FILE_URL_SECONDS} seconds")
+        lv = self._running(sandbox_id)
+        full = _path(path, user)
+        expires = int(time.time()) + expires_in
+        return full, expires, _file_url_signature(lv.record.url_secret, sandbox_id, operation, full, user, expires)
+
+    def check_file_url(
+        self, sandbox_id: str, path: str, user: str, operation: str, expires: int, signature: str
+    ) -> None:
+        """Raise PermissionDeniedError unless the signed URL grants ``operation`` now; then
+        SandboxNotRunningError if the sandbox stopped."""
+        lv = self.live.get(sandbox_id)
+        rec = lv.record if lv is not None else self.store.get(sandbox_id)
+        if rec is None or not rec.url_secret:
+            raise errors.PermissionDeniedError("invalid file URL signature")
+        expected = _file_url_signature(rec.url_secret, sandbox_id, operation, path, user, expires)
+        # SECURITY: constant-time comparison (the signature cannot be guessed byte by byte).
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
+            raise errors.PermissionDeniedError("invalid file URL signature")
+        if expires < time.time():
+            raise errors.PermissionDeniedError("this file URL has expired")
+        self._running(sandbox_id)
 
     # ----------------------------------------------------------------- internals
 
@@ -333,6 +405,24 @@ def _bounded(name: str, value: float, maximum: float) -> float:
     if value > maximum:
         raise errors.InvalidRequestError(f"{name} {value} is over the maximum of {maximum}")
     return value
+
+
+MAX_PTY_SIZE = 1000
+
+
+def _check_size(cols: int, rows: int) -> None:
+    if not (1 <= cols <= MAX_PTY_SIZE and 1 <= rows <= MAX_PTY_SIZE):
+        raise errors.InvalidRequestError(f"a terminal is 1-{MAX_PTY_SIZE} columns by 1-{MAX_PTY_SIZE} rows")
+
+
+FILE_URL_OPS = ("download", "upload")
+MAX_FILE_URL_SECONDS = 7 * 24 * 3600
+
+
+def _file_url_signature(secret: str, sandbox_id: str, operation: str, path: str, user: str, expires: int) -> str:
+    """HMAC-SHA256 of the fields a signed file URL grants, JSON-encoded so none can bleed into another."""
+    message = json.dumps([sandbox_id, operation, path, user, expires], separators=(",", ":"))
+    return hmac.new(bytes.fromhex(secret), message.encode(), "sha256").hexdigest()
 
 
 def _path(path: str, user: str) -> str:

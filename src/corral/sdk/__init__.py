@@ -1,19 +1,31 @@
 """The corral Python SDK: ``Sandbox`` (sync) and ``AsyncSandbox``, sharing one async core."""
 
 from corral.sdk._async.commands import AsyncCommandHandle, AsyncCommands
-from corral.sdk._async.files import AsyncFilesystem
+from corral.sdk._async.files import AsyncFilesystem, AsyncWatchHandle
+from corral.sdk._async.pty import AsyncPty, AsyncPtyHandle
 from corral.sdk._async.sandbox import AsyncSandbox
 from corral.sdk._sync.commands import CommandHandle, Commands
-from corral.sdk._sync.files import Filesystem
+from corral.sdk._sync.files import Filesystem, WatchHandle
+from corral.sdk._sync.pty import Pty, PtyHandle
 from corral.sdk._sync.sandbox import Sandbox
 from corral.sdk.config import ConnectionConfig
-from corral.sdk.models import CommandResult, CommandTimeoutError, EntryInfo, ProcessInfo, SandboxInfo
+from corral.sdk.models import (
+    CommandResult,
+    CommandTimeoutError,
+    EntryInfo,
+    FilesystemEvent,
+    ProcessInfo,
+    SandboxInfo,
+)
 
 __all__ = [
     "AsyncCommandHandle",
     "AsyncCommands",
     "AsyncFilesystem",
+    "AsyncPty",
+    "AsyncPtyHandle",
     "AsyncSandbox",
+    "AsyncWatchHandle",
     "CommandHandle",
     "CommandResult",
     "CommandTimeoutError",
@@ -21,7 +33,11 @@ __all__ = [
     "ConnectionConfig",
     "EntryInfo",
     "Filesystem",
+    "FilesystemEvent",
     "ProcessInfo",
+    "Pty",
+    "PtyHandle",
     "Sandbox",
     "SandboxInfo",
+    "WatchHandle",
 ]

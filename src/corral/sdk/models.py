@@ -98,6 +98,23 @@ class EntryInfo:
         )
 
 
+FilesystemEventType = Literal["create", "write", "remove", "rename", "chmod"]
+
+
+@dataclass
+class FilesystemEvent:
+    """A change under a watched directory. ``rename`` is reported for the old path of a move
+    (the new path gets a ``create``)."""
+
+    type: str
+    path: str
+    time: datetime | None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FilesystemEvent:
+        return cls(type=str(d.get("type", "")), path=str(d.get("path", "")), time=_parse_time(d.get("time")))
+
+
 @dataclass
 class ProcessInfo:
     pid: int

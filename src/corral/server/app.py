@@ -15,9 +15,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__, errors
 from ..manager import Manager
 from ..settings import Settings
-from .auth import OPEN_PATHS, check_key, load_or_create_key
+from .auth import check_key, is_open, load_or_create_key
 from .render import error_response, invalid_request
-from .routes import commands, files, sandboxes
+from .routes import commands, files, pty, sandboxes
 
 log = logging.getLogger("corral.server")
 
@@ -39,9 +39,9 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            if scope["path"] not in OPEN_PATHS:
+            if not is_open(scope["method"], scope["path"]):
                 check_key(self.api_key, headers)
-            if scope["method"] in ("POST", "PUT", "PATCH") and not scope["path"].endswith("/files"):
+            if scope["method"] in ("POST", "PUT", "PATCH") and not scope["path"].endswith(("/files", "/files/signed")):
                 length = headers.get("content-length", "")
                 if length.isdigit() and int(length) > MAX_JSON_BODY:
                     raise errors.PayloadTooLargeError(f"request body over {MAX_JSON_BODY} bytes")
@@ -108,6 +108,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app.include_router(sandboxes.router)
     app.include_router(commands.router)
     app.include_router(files.router)
+    app.include_router(pty.router)
     return app
 
 

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import secrets
 from pathlib import Path
 
 from ..errors import AuthenticationError
 
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+# Signed file URLs carry their own authorization (an HMAC in the query, checked by the route).
+SIGNED_PATH = re.compile(r"/v1/sandboxes/[A-Za-z0-9_-]+/files/signed")
+SIGNED_METHODS = frozenset({"GET", "PUT"})
+
+
+def is_open(method: str, path: str) -> bool:
+    """Whether a request goes through without the API key."""
+    return path in OPEN_PATHS or (method in SIGNED_METHODS and SIGNED_PATH.fullmatch(path) is not None)
 
 
 def load_or_create_key(data_dir: Path, configured: str | None) -> tuple[str, bool]:

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     memory_mb INTEGER NOT NULL,
     disk_mb INTEGER NOT NULL,
     internet INTEGER NOT NULL,
-    backend_state TEXT NOT NULL DEFAULT '{}'
+    backend_state TEXT NOT NULL DEFAULT '{}',
+    url_secret TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sandboxes_state ON sandboxes(state);
 CREATE TABLE IF NOT EXISTS events (
@@ -62,11 +63,13 @@ class SandboxRecord:
     ended_at: float | None = None
     reason: str | None = None
     backend_state: dict[str, Any] = field(default_factory=dict)
+    url_secret: str = ""  # hex key that signs this sandbox's file URLs
 
 
 _COLUMNS = (
     "id", "template", "state", "backend", "created_at", "end_at", "ended_at", "reason",
     "metadata", "envs", "cpu_count", "memory_mb", "disk_mb", "internet", "backend_state",
+    "url_secret",
 )
 _JSON = {"metadata", "envs", "backend_state"}
 
@@ -79,6 +82,13 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns that databases made by older versions lack."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(sandboxes)")}
+        if "url_secret" not in have:
+            self._db.execute("ALTER TABLE sandboxes ADD COLUMN url_secret TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:

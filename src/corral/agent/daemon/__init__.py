@@ -18,7 +18,8 @@ first request has been answered, or when first needed.
 - ``users.py``: users, groups, per-thread filesystem identity, uid/gid names
 - ``files.py``: file operations
 - ``proc.py``: a started process, its output buffer and subscribers; command timeouts
-- ``processes.py``: process operations (configure, exec, connect, list, stdin, signal)
+- ``processes.py``: process operations (configure, exec, connect, list, stdin, signal, resize)
+- ``terminal.py``: processes on a pseudo-terminal (``exec`` with ``pty``), their input and size
 - ``server.py``: socket, accept loop, dispatch, preload
 - ``__main__.py``: command line, start-up
 """

@@ -1,9 +1,10 @@
-"""Process operations: configure (sandbox-wide env), exec, connect, list, stdin, close_stdin
-and signal."""
+"""Process operations: configure (sandbox-wide env), exec (optionally on a terminal), connect,
+list, stdin, close_stdin, signal and resize."""
 
 import os
 import time
 
+from . import terminal
 from .proc import PROCS, PROCS_LOCK, Proc
 from .users import get_user, user_groups
 from .wire import AgentError, ClientGone, f_envs, f_int, f_str, invalid, os_error
@@ -69,8 +70,6 @@ def _setgroups_allowed():
 
 
 def op_exec(conn, req):
-    import subprocess
-
     cmd = f_str(req, "cmd", required=True)
     args = req.get("args")
     if args is None:
@@ -91,6 +90,7 @@ def op_exec(conn, req):
     tag = req.get("tag")
     if tag is not None and not isinstance(tag, str):
         raise invalid("field tag must be a string or null")
+    size = terminal.parse_size(req) if req.get("pty") is not None else None
 
     home = pw.pw_dir or "/"
     if cwd is None:
@@ -105,6 +105,8 @@ def op_exec(conn, req):
         "LOGNAME": pw.pw_name,
         "SHELL": pw.pw_shell or "/bin/sh",
     }
+    if size is not None:
+        env.update(TERM="xterm-256color", LANG="C.UTF-8")
     env.update(CONFIG["envs"])
     env.update(envs)
 
@@ -116,32 +118,12 @@ def op_exec(conn, req):
     if set(groups) != set(os.getgroups()) and os.geteuid() == 0 and _setgroups_allowed():
         kw["extra_groups"] = groups
     _purge()
-    try:
-        popen = subprocess.Popen(
-            [cmd, *args],
-            stdin=subprocess.PIPE if want_stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            bufsize=0,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            **kw,
-        )
-    except OSError as e:
-        raise os_error(e) from None
-    except (ValueError, subprocess.SubprocessError) as e:
-        raise invalid(f"cannot start {cmd}: {e}") from None
-    try:
-        proc = Proc(
-            popen,
-            {"pid": popen.pid, "cmd": cmd, "args": args, "cwd": cwd, "tag": tag, "user": pw.pw_name},
-            timeout,
-        )
-    except BaseException:  # out of fds...: do not leave an unsupervised process behind
-        os.killpg(popen.pid, 9)
-        popen.wait()
-        raise
+    info = {"pid": 0, "cmd": cmd, "args": args, "cwd": cwd, "tag": tag, "user": pw.pw_name}
+    if size is not None:
+        proc = terminal.spawn([cmd, *args], size[0], size[1], info, timeout, cwd=cwd, env=env, **kw)
+        info["pid"] = proc.pid
+    else:
+        proc = _spawn_piped([cmd, *args], want_stdin, info, timeout, cwd=cwd, env=env, **kw)
     sub = proc.subscribe()  # before any output can be produced: nothing is lost
     with PROCS_LOCK:
         PROCS[proc.pid] = proc
@@ -152,6 +134,32 @@ def op_exec(conn, req):
         proc.unsubscribe(sub)
         raise
     proc.stream(conn, sub)
+
+
+def _spawn_piped(argv, want_stdin, info, timeout, **kw):
+    import subprocess
+
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if want_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,
+            **kw,
+        )
+    except OSError as e:
+        raise os_error(e) from None
+    except (ValueError, subprocess.SubprocessError) as e:
+        raise invalid(f"cannot start {argv[0]}: {e}") from None
+    info["pid"] = popen.pid
+    try:
+        return Proc(popen, info, timeout)
+    except BaseException:  # out of fds...: do not leave an unsupervised process behind
+        os.killpg(popen.pid, 9)
+        popen.wait()
+        raise
 
 
 def op_connect(conn, req):
@@ -184,6 +192,10 @@ def op_stdin(conn, req):
         raise invalid(f"field data_b64: {e}") from None
     proc = _get_proc(req)
     with proc.stdin_lock:
+        if isinstance(proc, terminal.PtyProc):
+            proc.write(raw)
+            conn.send_json({"ok": True})
+            return
         f = proc.popen.stdin
         if f is None:
             raise invalid(f"process {proc.pid} was started without stdin")
@@ -200,6 +212,8 @@ def op_stdin(conn, req):
 
 def op_close_stdin(conn, req):
     proc = _get_proc(req)
+    if isinstance(proc, terminal.PtyProc):
+        raise invalid(f"process {proc.pid} runs on a terminal: type Ctrl-D (\\x04) to send end of file")
     with proc.stdin_lock:
         f = proc.popen.stdin
         if f is not None and not f.closed:
@@ -219,4 +233,13 @@ def op_signal(conn, req):
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         raise AgentError("process_not_found", f"process {proc.pid} is gone") from None
+    conn.send_json({"ok": True})
+
+
+def op_resize(conn, req):
+    cols, rows = terminal.parse_size(req, None)
+    proc = _get_proc(req)
+    if not isinstance(proc, terminal.PtyProc):
+        raise invalid(f"process {proc.pid} was not started on a terminal")
+    proc.resize(cols, rows)
     conn.send_json({"ok": True})

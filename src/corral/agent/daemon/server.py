@@ -8,6 +8,7 @@ import time
 
 from . import files, processes
 from .users import _libc
+from .watch import op_watch
 from .wire import (
     K_JSON,
     VERSION,
@@ -35,6 +36,7 @@ OPS = {
     "stdin": processes.op_stdin,
     "close_stdin": processes.op_close_stdin,
     "signal": processes.op_signal,
+    "resize": processes.op_resize,
     "read": files.op_read,
     "write": files.op_write,
     "list_dir": files.op_list_dir,
@@ -42,6 +44,7 @@ OPS = {
     "mkdir": files.op_mkdir,
     "remove": files.op_remove,
     "rename": files.op_rename,
+    "watch": op_watch,
 }
 
 

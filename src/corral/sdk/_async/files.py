@@ -1,14 +1,19 @@
-"""``sandbox.files``: read, write (streamed both ways), list, stat, mkdir, remove, rename."""
+"""``sandbox.files``: read, write (streamed both ways), list, stat, mkdir, remove, rename, watch_dir,
+and signed download/upload URLs."""
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import IO, Literal, overload
+import inspect
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import IO, Any, Literal, overload
 
-from corral.errors import FileNotFoundError_
+import httpx
+
+from corral.errors import CorralError, FileNotFoundError_, UnavailableError, error_from_body
 from corral.sdk._async.client import AsyncApiClient
-from corral.sdk.models import EntryInfo
+from corral.sdk.models import EntryInfo, FilesystemEvent
 
 CHUNK_SIZE = 1 << 20
 
@@ -31,6 +36,84 @@ async def _chunks(data: WriteData) -> AsyncIterator[bytes]:
     else:
         for chunk in data:
             yield chunk
+
+
+# Called with each FilesystemEvent of a watch (an async callback is awaited).
+EventHandler = Callable[[FilesystemEvent], Any]
+EVENT_TYPES = frozenset({"create", "write", "remove", "rename", "chmod"})
+
+
+async def _notify(handler: EventHandler | None, event: FilesystemEvent) -> object:
+    """Call an event handler; the coroutine of an async handler is awaited."""
+    result = handler(event) if handler is not None else None
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class AsyncWatchHandle:
+    """A directory being watched. Iterate over it for :class:`FilesystemEvent` objects (read
+    lazily from the stream); ``stop()`` ends the watch (the sandbox removes it)."""
+
+    def __init__(self, api: AsyncApiClient, resp: httpx.Response, on_event: EventHandler | None = None) -> None:
+        self._resp = resp
+        self._lines = api.iter_lines(resp)
+        self._on_event = on_event
+        self._stopped = False
+
+    async def _event(self) -> dict[str, Any] | None:
+        """The next event of the stream (keepalives skipped); None when it ended or was stopped."""
+        while not self._stopped:
+            try:
+                line = await self._lines.__anext__()
+            except StopAsyncIteration:
+                self._stopped = True
+                return None
+            except CorralError:
+                if self._stopped:  # stop() closed the stream under a read
+                    return None
+                raise
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            if "code" in event:
+                await self.stop()
+                raise error_from_body(500, event)
+            if event.get("type") != "keepalive":
+                return dict(event)
+        return None
+
+    async def _wait_started(self) -> None:
+        event = await self._event()
+        if event is None or event.get("type") != "start":
+            await self.stop()
+            raise UnavailableError(f"the watch stream did not start (got {event!r})")
+
+    def __aiter__(self) -> AsyncWatchHandle:
+        return self
+
+    async def __anext__(self) -> FilesystemEvent:
+        while (event := await self._event()) is not None:
+            if event.get("type") in EVENT_TYPES:
+                return FilesystemEvent.from_dict(event)
+        raise StopAsyncIteration
+
+    async def run(self) -> None:
+        """Call the ``on_event`` handler with each event until ``stop()`` (the handler may call
+        it) or the end of the sandbox."""
+        async for event in self:
+            await _notify(self._on_event, event)
+
+    async def stop(self) -> None:
+        """Stop watching (closes the stream; the watch is removed inside the sandbox)."""
+        self._stopped = True
+        await self._resp.aclose()
+
+    async def __aenter__(self) -> AsyncWatchHandle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 class AsyncFilesystem:
@@ -105,3 +188,35 @@ class AsyncFilesystem:
             "POST", f"{self._base}/fs/rename", json={"src": old_path, "dst": new_path, "user": user}
         )
         return EntryInfo.from_dict(data)
+
+    async def watch_dir(
+        self, path: str, recursive: bool = False, on_event: EventHandler | None = None, user: str = "user"
+    ) -> AsyncWatchHandle:
+        """Watch a directory (and its subdirectories, new ones too, when ``recursive``).
+
+        Returns once the watch is in place: every later change is reported. Iterate over the
+        handle for events, or pass ``on_event`` and call ``handle.run()``; ``stop()`` ends it.
+        A missing directory raises ``corral.FileNotFoundError`` here.
+        """
+        params = {"path": path, "recursive": "true" if recursive else "false", "user": user}
+        resp = await self._api.open_stream(
+            "GET", f"{self._base}/fs/watch", params=params, read_timeout=self._api.config.stream_read_timeout
+        )
+        handle = AsyncWatchHandle(self._api, resp, on_event)
+        await handle._wait_started()
+        return handle
+
+    async def _url(self, path: str, operation: str, expires_in: int, user: str) -> str:
+        data = await self._api.request(
+            "POST", f"{self._base}/files/url",
+            json={"path": path, "user": user, "operation": operation, "expires_in": expires_in},
+        )
+        return str(data["url"])
+
+    async def download_url(self, path: str, expires_in: int = 3600, user: str = "user") -> str:
+        """A URL that downloads ``path`` with a plain GET, no API key, for ``expires_in`` seconds."""
+        return await self._url(path, "download", expires_in, user)
+
+    async def upload_url(self, path: str, expires_in: int = 3600, user: str = "user") -> str:
+        """A URL that writes ``path`` with a plain PUT of the bytes, no API key, for ``expires_in`` seconds."""
+        return await self._url(path, "upload", expires_in, user)

@@ -1,4 +1,4 @@
-"""``AsyncSandbox``: create, connect to, list and kill sandboxes; ``.commands`` and ``.files``."""
+"""``AsyncSandbox``: create, connect to, list and kill sandboxes; ``.commands``, ``.files``, ``.pty``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from corral.errors import SandboxNotFoundError, SandboxNotRunningError
 from corral.sdk._async.client import AsyncApiClient
 from corral.sdk._async.commands import AsyncCommands
 from corral.sdk._async.files import AsyncFilesystem
+from corral.sdk._async.pty import AsyncPty
 from corral.sdk.config import ConnectionConfig
 from corral.sdk.models import SandboxInfo
 
@@ -25,6 +26,7 @@ class AsyncSandbox:
         self._api = api
         self.commands = AsyncCommands(api, info.sandbox_id)
         self.files = AsyncFilesystem(api, info.sandbox_id)
+        self.pty = AsyncPty(api, info.sandbox_id)
 
     @property
     def sandbox_id(self) -> str:

@@ -1,5 +1,5 @@
 # generated from _async by scripts/gen_sync.py, do not edit
-"""``Sandbox``: create, connect to, list and kill sandboxes; ``.commands`` and ``.files``."""
+"""``Sandbox``: create, connect to, list and kill sandboxes; ``.commands``, ``.files``, ``.pty``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from corral.errors import SandboxNotFoundError, SandboxNotRunningError
 from corral.sdk._sync.client import ApiClient
 from corral.sdk._sync.commands import Commands
 from corral.sdk._sync.files import Filesystem
+from corral.sdk._sync.pty import Pty
 from corral.sdk.config import ConnectionConfig
 from corral.sdk.models import SandboxInfo
 
@@ -26,6 +27,7 @@ class Sandbox:
         self._api = api
         self.commands = Commands(api, info.sandbox_id)
         self.files = Filesystem(api, info.sandbox_id)
+        self.pty = Pty(api, info.sandbox_id)
 
     @property
     def sandbox_id(self) -> str:

@@ -1,15 +1,20 @@
-"""/v1/sandboxes/{id}/files and /fs: streamed upload and download, listing, stat, mkdir, rename, remove."""
+"""/v1/sandboxes/{id}/files and /fs: streamed upload and download, listing, stat, mkdir, rename, remove,
+directory watching, and signed file URLs (usable without the API key; see ``auth.SIGNED_PATH``)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from ... import errors
 from ...manager import Manager
-from ...schema import EntryInfo, EntryList, MakeDir, MakeDirResult, Rename
+from ...schema import EntryInfo, EntryList, FileUrl, FileUrlRequest, MakeDir, MakeDirResult, Rename
+from ..streaming import ndjson
 from .deps import manager
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["files"])
@@ -68,3 +73,77 @@ async def rename(sandbox_id: str, body: Rename, m: Annotated[Manager, Depends(ma
 async def remove(sandbox_id: str, path: Path, m: Annotated[Manager, Depends(manager)], user: User = "user") -> Response:
     await m.remove(sandbox_id, path, user)
     return Response(status_code=204)
+
+
+WATCH_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "NDJSON: a start event, then create, write, remove, rename and chmod events "
+        "({type, path, time}), and keepalive events after 10 s of silence",
+        "content": {"application/x-ndjson": {}},
+    }
+}
+
+
+@router.get("/fs/watch", responses=WATCH_DOC, response_class=StreamingResponse)
+async def watch_dir(
+    sandbox_id: str, path: Path, m: Annotated[Manager, Depends(manager)], recursive: bool = False,
+    user: User = "user",
+) -> StreamingResponse:
+    """Watch a directory until the client closes the stream (which removes the watch)."""
+    events = await m.watch_dir(sandbox_id, path, recursive, user)
+    return StreamingResponse(ndjson(events), media_type="application/x-ndjson")
+
+
+@router.post("/files/url", response_model=FileUrl)
+async def file_url(
+    sandbox_id: str, body: FileUrlRequest, request: Request, m: Annotated[Manager, Depends(manager)]
+) -> FileUrl:
+    """A URL that downloads (GET) or uploads (PUT) one file without the API key until it expires."""
+    full, expires, signature = m.sign_file_url(sandbox_id, body.path, body.user, body.operation, body.expires_in)
+    query = urlencode({"path": full, "user": body.user, "op": body.operation, "expires": expires,
+                       "signature": signature})
+    base = str(request.base_url).rstrip("/")  # the scheme and Host the client used
+    return FileUrl(url=f"{base}/v1/sandboxes/{sandbox_id}/files/signed?{query}",
+                   expires_at=datetime.fromtimestamp(expires, UTC))
+
+
+Op = Literal["download", "upload"]
+Signature = Annotated[str, Query(min_length=1, max_length=128)]
+
+
+def _check_signed(m: Manager, sandbox_id: str, path: str, user: str, op: str, wanted: str, expires: int,
+                  signature: str) -> None:
+    if op != wanted:
+        raise errors.PermissionDeniedError(f"this URL is for {op}, not {wanted}")
+    m.check_file_url(sandbox_id, path, user, op, expires, signature)
+
+
+@router.get(
+    "/files/signed",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes"}},
+)
+async def signed_download(
+    sandbox_id: str, path: Path, op: Op, expires: int, signature: Signature,
+    m: Annotated[Manager, Depends(manager)], user: User = "user",
+) -> StreamingResponse:
+    """Download through a signed URL (no API key)."""
+    _check_signed(m, sandbox_id, path, user, op, "download", expires, signature)
+    chunks = await m.read_file(sandbox_id, path, user)
+    return StreamingResponse(chunks, media_type="application/octet-stream")
+
+
+@router.put("/files/signed", response_model=EntryInfo)
+async def signed_upload(
+    sandbox_id: str, path: Path, op: Op, expires: int, signature: Signature, request: Request,
+    m: Annotated[Manager, Depends(manager)], user: User = "user",
+) -> EntryInfo:
+    """Upload through a signed URL (no API key); parents are created."""
+    _check_signed(m, sandbox_id, path, user, op, "upload", expires, signature)
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+
+    return EntryInfo(**await m.write_file(sandbox_id, path, user, body()))

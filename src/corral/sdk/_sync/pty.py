@@ -1,0 +1,143 @@
+# generated from _async by scripts/gen_sync.py, do not edit
+"""``sandbox.pty``: interactive terminals (a login shell, or a full-screen program, on a pty)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from corral.sdk._sync.client import ApiClient
+from corral.sdk._sync.commands import CommandHandle, Commands, OutputHandler
+from corral.sdk.models import CommandResult
+
+
+class PtyHandle:
+    """A running terminal: its output so far, keystrokes, resizing, and ``wait()`` for its end.
+
+    The stream is read lazily: ``on_data`` fires while ``wait()`` (or iteration over the
+    handle, which yields the output as text as it arrives) consumes it.
+    """
+
+    def __init__(self, pty: Pty, handle: CommandHandle) -> None:
+        self._pty = pty
+        self._handle = handle
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} pid={self.pid} exit_code={self.exit_code}>"
+
+    @property
+    def pid(self) -> int:
+        return self._handle.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._handle.exit_code
+
+    @property
+    def error(self) -> str | None:
+        """``"killed"`` (died of a signal), ``"timeout"`` or None, once ended."""
+        return self._handle.error
+
+    @property
+    def output(self) -> str:
+        """The terminal output received so far (escape sequences included)."""
+        return self._handle.stdout
+
+    def wait(self) -> CommandResult:
+        """Read the rest of the output (calling ``on_data``) and return the result.
+
+        Unlike ``commands.run``, a non-zero exit code or a kill does not raise: the result's
+        ``exit_code`` and ``error`` tell. ``stdout`` holds the whole terminal output.
+        """
+        handle = self._handle
+        try:
+            while handle._next_event() is not None:
+                pass
+        finally:
+            if handle.exit_code is None:
+                handle.disconnect()
+        assert handle.exit_code is not None
+        return CommandResult(handle.stdout, "", handle.exit_code, handle.error)
+
+    def __iter__(self) -> Iterator[str]:
+        """Yield the terminal output as it arrives, until the end."""
+        while (event := self._handle._next_event()) is not None:
+            if event["type"] == "stdout":
+                yield event["data"]
+
+    def disconnect(self) -> None:
+        """Stop reading the output; the terminal goes on (``pty.connect`` re-attaches)."""
+        self._handle.disconnect()
+
+    def kill(self) -> bool:
+        """SIGKILL the terminal's process group; False when it was already gone."""
+        return self._pty.kill(self.pid)
+
+    def send_stdin(self, data: str | bytes) -> None:
+        """Type into the terminal (``"\\r"`` is Enter, ``"\\x03"`` Ctrl-C)."""
+        self._pty.send_stdin(self.pid, data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._pty.resize(self.pid, cols, rows)
+
+
+class Pty:
+    def __init__(self, api: ApiClient, sandbox_id: str) -> None:
+        self._api = api
+        self._base = f"/v1/sandboxes/{sandbox_id}/pty"
+        self._commands = Commands(api, sandbox_id)
+
+    def create(
+        self,
+        cols: int = 80,
+        rows: int = 24,
+        on_data: OutputHandler | None = None,
+        cwd: str | None = None,
+        envs: dict[str, str] | None = None,
+        user: str = "user",
+        timeout: float | None = None,
+        cmd: str | None = None,
+    ) -> PtyHandle:
+        """Start a terminal of ``cols`` x ``rows``: an interactive login bash, or ``cmd`` (a
+        command line run with ``bash -l -c``). Returns as soon as it has started.
+
+        ``timeout`` (seconds, default none) is enforced by the server, which kills the terminal.
+        """
+        body: dict[str, Any] = {
+            "cols": cols,
+            "rows": rows,
+            "cmd": cmd,
+            "envs": envs or {},
+            "cwd": cwd,
+            "user": user,
+            "timeout": timeout,
+        }
+        resp = self._api.open_stream(
+            "POST", self._base, json=body, read_timeout=self._api.config.stream_read_timeout
+        )
+        handle = CommandHandle(self._commands, resp, on_stdout=on_data)
+        try:
+            while handle.pid == 0 and handle._next_event() is not None:
+                pass
+        except BaseException:
+            handle.disconnect()
+            raise
+        return PtyHandle(self, handle)
+
+    def connect(self, pid: int, on_data: OutputHandler | None = None) -> PtyHandle:
+        """Re-attach to a terminal: its buffered output is replayed, then live output."""
+        handle = self._commands.connect(pid, on_stdout=on_data)
+        return PtyHandle(self, handle)
+
+    def send_stdin(self, pid: int, data: str | bytes) -> None:
+        """Type into the terminal of ``pid``."""
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        self._api.request("POST", f"{self._base}/{pid}/input", json={"data": text})
+
+    def resize(self, pid: int, cols: int, rows: int) -> None:
+        """Change the size of the terminal of ``pid`` (its programs get SIGWINCH)."""
+        self._api.request("POST", f"{self._base}/{pid}/resize", json={"cols": cols, "rows": rows})
+
+    def kill(self, pid: int) -> bool:
+        """SIGKILL the terminal's process group; False when it was already gone."""
+        return self._commands.kill(pid)
