@@ -282,6 +282,19 @@ class AgentClient:
             async for chunk in download:
                 yield chunk
 
+    async def read_tar(self, path: str, user: str = "user") -> AsyncIterator[bytes]:
+        """The directory ``path`` as a POSIX tar stream (names relative to it; symlinks stored, not
+        followed), in chunks of up to 64 KiB; the first await raises the agent's error."""
+        conn = await self._open({"op": "read_tar", "path": path, "user": user})
+        try:
+            await conn.answer()
+        except BaseException:
+            conn.close()
+            raise
+        async with FileDownload(conn, -1) as download:
+            async for chunk in download:
+                yield chunk
+
     async def write_file(self, path: str, user: str, chunks: Chunks) -> dict[str, Any]:
         """Upload ``chunks`` (bytes, or an (async) iterable of bytes) to ``path``; parents are created.
 

@@ -262,6 +262,11 @@ class Manager:
         stream = self._running(sandbox_id).agent.read_file(_path(path, user), user)
         return await _started(stream)
 
+    async def read_tar(self, sandbox_id: str, path: str, user: str) -> AsyncIterator[bytes]:
+        """A directory as a tar stream; errors (missing, not a directory) surface here."""
+        stream = self._running(sandbox_id).agent.read_tar(_path(path, user), user)
+        return await _started(stream)
+
     async def write_file(self, sandbox_id: str, path: str, user: str, chunks: AsyncIterable[bytes]) -> dict[str, Any]:
         return await self._running(sandbox_id).agent.write_file(_path(path, user), user, chunks)
 

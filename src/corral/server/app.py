@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +24,7 @@ from .routes import commands, files, pty, sandboxes
 log = logging.getLogger("corral.server")
 
 MAX_JSON_BODY = 20 * 1024 * 1024
+WS_QUERY_KEY_PATH = re.compile(r"/v1/sandboxes/[^/]+/pty/ws")
 
 
 class Guard:
@@ -35,13 +38,17 @@ class Guard:
         self.app, self.api_key = app, api_key
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             if not is_open(scope["method"], scope["path"]):
                 check_key(self.api_key, headers)
-            if scope["method"] in ("POST", "PUT", "PATCH") and not scope["path"].endswith(("/files", "/files/signed")):
+            if scope["method"] in ("POST", "PUT", "PATCH") and not scope["path"].endswith(
+                ("/files", "/files/signed", "/files/multipart")
+            ):
                 length = headers.get("content-length", "")
                 if length.isdigit() and int(length) > MAX_JSON_BODY:
                     raise errors.PayloadTooLargeError(f"request body over {MAX_JSON_BODY} bytes")
@@ -50,6 +57,25 @@ class Guard:
         if scope["method"] == "POST" and (match := commands.RUN_PATH.fullmatch(scope["path"])):
             manager: Manager = scope["app"].state.manager
             return await commands.run_command_asgi(manager, match["sandbox_id"], scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The key in the ``X-API-Key`` (or bearer) header or, on the terminal WebSocket only (browsers
+        cannot set headers there), the ``api_key`` query parameter. Refused: accepted, then closed
+        with code 4401 (which a browser can see, unlike an HTTP 403)."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if "x-api-key" not in headers and "authorization" not in headers and WS_QUERY_KEY_PATH.fullmatch(scope["path"]):
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if query.get("api_key"):
+                headers["x-api-key"] = query["api_key"][0]
+        try:
+            check_key(self.api_key, headers)
+        except errors.AuthenticationError as err:
+            message = await receive()
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.accept"})
+                await send({"type": "websocket.close", "code": 4401, "reason": err.message[:120]})
+            return None
         return await self.app(scope, receive, send)
 
 

@@ -219,3 +219,95 @@ def op_write(conn, req):
     with FsIdentity(pw):
         info = entry_info(path, Names())
     conn.send_json(info)
+
+
+# --------------------------------------------------------------------------- tar download
+class _FrameSink:
+    """A write-only file object for tarfile's stream mode: every write goes out as D frames."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def write(self, data):
+        view = memoryview(data)
+        for off in range(0, len(view), MAX_SEND):
+            self.conn.send(frame(K_DATA, bytes(view[off : off + MAX_SEND])))
+        return len(view)
+
+    def flush(self):
+        pass
+
+
+def _tar_walk(root):
+    """(full path, name relative to root, lstat) of everything under root, depth-first by name.
+    Unreadable subdirectories are stored (empty) but not entered; vanished entries are skipped."""
+    import stat
+
+    stack = [(root, "")]
+    while stack:
+        d, rel = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError:
+            if d == root:
+                raise
+            continue
+        subdirs = []
+        for e in items:
+            p = os.path.join(d, e.name)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                subdirs.append((p, rel + e.name + "/"))
+            yield p, rel + e.name, st
+        stack.extend(reversed(subdirs))  # a directory's entries come after the directory
+
+
+def op_read_tar(conn, req):
+    """A directory as a POSIX (pax) tar stream: J {"ok": true}, then D frames, then E. Member
+    names are relative to the directory; symlinks are stored, never followed; files, directories
+    and symlinks only (devices, fifos and sockets are left out); unreadable files are skipped."""
+    import stat
+    import tarfile
+
+    pw = get_user(req)
+    path = f_path(req, "path", pw)
+    with FsIdentity(pw):
+        st = os.stat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise AgentError("not_a_directory", "Not a directory: " + path)
+        with os.scandir(path):  # readable? (errors go out before the first byte)
+            pass
+        conn.send_json({"ok": True})
+        try:
+            sink = _FrameSink(conn)
+            with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=MAX_SEND) as tar:
+                for full, rel, st in _tar_walk(path):
+                    mode = st.st_mode
+                    if stat.S_ISREG(mode):
+                        try:
+                            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                        except OSError:
+                            continue  # unreadable or vanished
+                        with os.fdopen(fd, "rb") as f:
+                            info = tar.gettarinfo(full, arcname=rel, fileobj=f)
+                            if info is not None and info.islnk():  # a hard link: stored as a file
+                                info.type, info.linkname, info.size = tarfile.REGTYPE, "", st.st_size
+                            if info is None or not info.isreg():
+                                continue
+                            tar.addfile(info, f)
+                    elif stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+                        try:
+                            info = tar.gettarinfo(full, arcname=rel)
+                        except OSError:
+                            continue
+                        if info is not None:
+                            tar.addfile(info)
+        except OSError as e:  # after the answer started: an error frame ends the stream
+            err = os_error(e)
+            conn.send_error(err.code, err.message)
+            return
+    conn.send(frame(K_END))

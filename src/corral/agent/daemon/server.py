@@ -39,6 +39,7 @@ OPS = {
     "resize": processes.op_resize,
     "read": files.op_read,
     "write": files.op_write,
+    "read_tar": files.op_read_tar,
     "list_dir": files.op_list_dir,
     "stat": files.op_stat,
     "mkdir": files.op_mkdir,

@@ -41,17 +41,18 @@ class AsyncApiClient:
         json: Any = None,
         params: Any = None,
         content: Content = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON answer (None when it has no body)."""
         with transport_errors(self.config.api_url):
             try:
-                resp = await self._http.request(method, path, json=json, params=params, content=content)
+                resp = await self._http.request(method, path, json=json, params=params, content=content, headers=headers)
             except httpx.RemoteProtocolError:
                 # A kept-alive connection the server closed just as we reused it: the request was
                 # not answered. Idempotent requests are sent once more, on a fresh connection.
                 if method not in IDEMPOTENT or not (content is None or isinstance(content, bytes)):
                     raise
-                resp = await self._http.request(method, path, json=json, params=params, content=content)
+                resp = await self._http.request(method, path, json=json, params=params, content=content, headers=headers)
         if resp.status_code >= 400:
             raise error_from_response(resp.status_code, resp.content)
         if resp.status_code == 204 or not resp.content:

@@ -6,12 +6,18 @@ from __future__ import annotations
 import builtins
 import inspect
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import IO, Any, Literal, overload
+from urllib.parse import quote
 
 import httpx
 
 from corral.errors import CorralError, FileNotFoundError_, UnavailableError, error_from_body
+from corral.sdk import _tar
 from corral.sdk._async.client import AsyncApiClient
 from corral.sdk.models import EntryInfo, FilesystemEvent
 
@@ -36,6 +42,42 @@ async def _chunks(data: WriteData) -> AsyncIterator[bytes]:
     else:
         for chunk in data:
             yield chunk
+
+
+async def _multipart(items: builtins.list[tuple[str, WriteData | Path]], boundary: str) -> AsyncIterator[bytes]:
+    """A multipart/form-data body, one part per file, its filename the relative path; a Path is
+    opened when its turn comes (an upload of a whole tree keeps one file open at a time)."""
+    for name, data in items:
+        encoded = quote(name, safe="/")
+        yield (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{encoded}\"; "
+            f"filename*=UTF-8''{encoded}\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ).encode("ascii")
+        if isinstance(data, Path):
+            with open(data, "rb") as f:
+                async for chunk in _chunks(f):
+                    yield chunk
+        else:
+            async for chunk in _chunks(data):
+                yield chunk
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode("ascii")
+
+
+def _local_files(local_dir: str | os.PathLike[str]) -> builtins.list[tuple[str, WriteData | Path]]:
+    """(relative POSIX name, path) of every regular file under ``local_dir``, by name; symlinks
+    are not followed."""
+    root = Path(local_dir)
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a directory: {root}")
+    found: builtins.list[tuple[str, WriteData | Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if path.is_file() and not path.is_symlink():
+                found.append((path.relative_to(root).as_posix(), path))
+    return found
 
 
 # Called with each FilesystemEvent of a watch (an async callback is awaited).
@@ -153,6 +195,55 @@ class AsyncFilesystem:
             "PUT", f"{self._base}/files", params={"path": path, "user": user}, content=content
         )
         return EntryInfo.from_dict(info)
+
+    async def write_files(
+        self,
+        files: Mapping[str, WriteData] | Iterable[tuple[str, WriteData]],
+        dir: str = ".",
+        user: str = "user",
+    ) -> builtins.list[EntryInfo]:
+        """Write many files in one streamed multipart request. Each name is a path relative to
+        ``dir`` (default: the user's home; subdirectories are created); absolute names and
+        ``..`` are refused (``InvalidRequestError``). Returns the EntryInfo of each file written."""
+        items: builtins.list[tuple[str, WriteData | Path]] = list(
+            files.items() if isinstance(files, Mapping) else files
+        )
+        return await self._multipart_upload(items, dir, user)
+
+    async def upload_dir(
+        self, local_dir: str | os.PathLike[str], remote_dir: str, user: str = "user"
+    ) -> builtins.list[EntryInfo]:
+        """Upload every regular file under ``local_dir`` into ``remote_dir`` in one streamed
+        multipart request (symlinks and empty directories are left out)."""
+        return await self._multipart_upload(_local_files(local_dir), remote_dir, user)
+
+    async def _multipart_upload(
+        self, items: builtins.list[tuple[str, WriteData | Path]], dir: str, user: str
+    ) -> builtins.list[EntryInfo]:
+        boundary = "corral-" + secrets.token_hex(16)
+        data = await self._api.request(
+            "POST", f"{self._base}/files/multipart", params={"dir": dir, "user": user},
+            content=_multipart(items, boundary),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        return [EntryInfo.from_dict(e) for e in data["entries"]]
+
+    async def download_dir(
+        self, remote_dir: str, local_dir: str | os.PathLike[str], user: str = "user"
+    ) -> builtins.list[str]:
+        """Download the directory ``remote_dir`` (a tar stream, spooled to a temporary file, not
+        memory) and extract it safely under ``local_dir`` (created): nothing is written outside
+        it and symlinks pointing outside it are skipped. Returns the local paths written.
+        A missing directory raises ``corral.FileNotFoundError`` before anything is written."""
+        resp = await self._api.open_stream(
+            "GET", f"{self._base}/files/tar", params={"path": remote_dir, "user": user},
+            read_timeout=self._api.config.stream_read_timeout,
+        )
+        with tempfile.TemporaryFile() as spool:
+            async for chunk in self._api.iter_bytes(resp):
+                spool.write(chunk)
+            spool.seek(0)
+            return _tar.extract(spool, os.fspath(local_dir))
 
     async def list(self, path: str, depth: int = 1, user: str = "user") -> builtins.list[EntryInfo]:
         """The entries of a directory, down to ``depth`` levels."""

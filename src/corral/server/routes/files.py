@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from ... import errors
 from ...manager import Manager
 from ...schema import EntryInfo, EntryList, FileUrl, FileUrlRequest, MakeDir, MakeDirResult, Rename
+from ..multipart import MultipartReader, boundary_from, check_relative_name, part_filename
 from ..streaming import ndjson
 from .deps import manager
 
@@ -45,6 +46,61 @@ async def write_file(
                 yield chunk
 
     return EntryInfo(**await m.write_file(sandbox_id, path, user, body()))
+
+
+TAR_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the directory as a POSIX tar stream: member names relative to it, symlinks "
+        "stored (never followed), unreadable files left out",
+        "content": {"application/x-tar": {}},
+    }
+}
+
+
+@router.get("/files/tar", response_class=StreamingResponse, responses=TAR_DOC)
+async def read_tar(
+    sandbox_id: str, path: Path, m: Annotated[Manager, Depends(manager)], user: User = "user"
+) -> StreamingResponse:
+    """Download a directory tree as a tar stream (404 file_not_found, 400 not_a_directory)."""
+    chunks = await m.read_tar(sandbox_id, path, user)
+    name = path.rstrip("/").rsplit("/", 1)[-1] or "root"
+    return StreamingResponse(
+        chunks, media_type="application/x-tar",
+        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}.tar"},
+    )
+
+
+MULTIPART_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}},
+        "description": "one part per file; each part's filename is its path relative to dir "
+        "(subdirectories are created). Parts without a filename are ignored.",
+    }
+}
+
+
+@router.post("/files/multipart", response_model=EntryList, openapi_extra=MULTIPART_DOC)
+async def write_multipart(
+    sandbox_id: str, dir: Path, request: Request, m: Annotated[Manager, Depends(manager)], user: User = "user"
+) -> EntryList:
+    """Upload many files in one streamed multipart/form-data request into ``dir``.
+
+    Parts are written in order as they arrive. A file name that is absolute, contains ``..`` or
+    NUL, is empty or longer than 4096 characters stops the request with 400 invalid_request
+    before anything of that part is written (the parts before it stay written).
+    """
+    reader = MultipartReader(request.stream(), boundary_from(request.headers.get("content-type")))
+    entries: list[EntryInfo] = []
+    while (headers := await reader.next_part()) is not None:
+        filename = part_filename(headers)
+        if filename is None:
+            continue  # a plain form field: skipped by next_part
+        name = check_relative_name(filename)
+        target = dir.rstrip("/") + "/" + name if dir.strip("/") else "/" + name
+        entries.append(EntryInfo(**await m.write_file(sandbox_id, target, user, reader.body())))
+    return EntryList(entries=entries)
 
 
 @router.get("/fs/list", response_model=EntryList)
