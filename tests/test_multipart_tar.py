@@ -263,3 +263,16 @@ def test_cli_cp_recursive_both_ways(corral_server: ServerProcess, sbx: Sandbox, 
 
     missing = corral("cp", "-r", f"{sbx.sandbox_id}:/home/user/nope", str(tmp_path / "nope"))
     assert missing.returncode != 0 and not (tmp_path / "nope").exists()
+
+
+def test_multipart_is_all_or_nothing(corral_server: ServerProcess, sbx: Sandbox) -> None:
+    """A bad name after good parts fails the request, and none of its files is written."""
+    sbx.files.write("/home/user/existing/keep.txt", "old")
+    body = multipart([("good.txt", b"g" * 100_000), ("sub/also-good.txt", b"x"), ("../evil", b"bad")])
+    r = post_multipart(corral_server, sbx.sandbox_id, "/home/user/existing", body)
+    assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    assert sh(sbx, "ls -A /home/user/existing").split() == ["keep.txt"]  # no good.txt, sub/ or staging dir
+    assert sbx.files.read("/home/user/existing/keep.txt") == "old"
+    r = post_multipart(corral_server, sbx.sandbox_id, "/home/user/new/deeper", body)
+    assert r.status_code == 400
+    assert not sbx.files.exists("/home/user/new")

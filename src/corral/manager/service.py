@@ -278,6 +278,49 @@ class Manager:
     async def stat(self, sandbox_id: str, path: str, user: str) -> dict[str, Any]:
         return await self._running(sandbox_id).agent.stat(_path(path, user), user)
 
+    async def write_files(
+        self, sandbox_id: str, dir: str, user: str, parts: AsyncIterator[tuple[str, AsyncIterable[bytes]]]
+    ) -> builtins.list[dict[str, Any]]:
+        """Write many files under ``dir``, all or nothing.
+
+        Each part goes to a staging dir inside ``dir`` as it streams in; only when every part has
+        arrived (and every name passed its checks, which the caller makes while iterating) are the
+        files moved into place. Any failure removes the staging dir: nothing is written.
+        """
+        agent = self._running(sandbox_id).agent
+        base = _path(dir, user).rstrip("/") or "/"
+        # The topmost dir this upload creates (if any): a failed upload takes it away again.
+        created_top = None
+        probe = base
+        while probe not in ("", "/"):
+            try:
+                await agent.stat(probe, user)
+                break
+            except errors.FileNotFoundError_:
+                created_top, probe = probe, probe.rsplit("/", 1)[0]
+        stage = f"{base.rstrip('/')}/.corral-upload-{secrets.token_hex(6)}"
+        await agent.mkdir(stage, user)
+        names: builtins.list[str] = []
+        ok = False
+        try:
+            async for name, chunks in parts:
+                await agent.write_file(f"{stage}/{name}", user, chunks)
+                names.append(name)
+            entries = []
+            for name in names:
+                final = f"{base.rstrip('/')}/{name}"
+                parent = final.rsplit("/", 1)[0] or "/"
+                await agent.mkdir(parent, user)
+                entries.append(await agent.rename(f"{stage}/{name}", final, user))
+            ok = True
+            return entries
+        finally:
+            leftover = stage if ok or created_top is None else created_top
+            try:
+                await agent.remove(leftover, user)
+            except errors.CorralError:
+                log.warning("could not remove %s after an upload in sandbox %s", leftover, sandbox_id)
+
     async def make_dir(self, sandbox_id: str, path: str, user: str) -> bool:
         result = await self._running(sandbox_id).agent.mkdir(_path(path, user), user)
         return bool(result.get("created", False)) if isinstance(result, dict) else bool(result)

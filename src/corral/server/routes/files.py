@@ -85,22 +85,20 @@ MULTIPART_DOC: dict[str, Any] = {
 async def write_multipart(
     sandbox_id: str, dir: Path, request: Request, m: Annotated[Manager, Depends(manager)], user: User = "user"
 ) -> EntryList:
-    """Upload many files in one streamed multipart/form-data request into ``dir``.
+    """Upload many files in one streamed multipart/form-data request into ``dir``, all or nothing.
 
-    Parts are written in order as they arrive. A file name that is absolute, contains ``..`` or
-    NUL, is empty or longer than 4096 characters stops the request with 400 invalid_request
-    before anything of that part is written (the parts before it stay written).
+    A file name that is absolute, contains ``..`` or NUL, is empty or longer than 4096 characters
+    fails the request with 400 invalid_request, and then no file of the request is written.
     """
     reader = MultipartReader(request.stream(), boundary_from(request.headers.get("content-type")))
-    entries: list[EntryInfo] = []
-    while (headers := await reader.next_part()) is not None:
-        filename = part_filename(headers)
-        if filename is None:
-            continue  # a plain form field: skipped by next_part
-        name = check_relative_name(filename)
-        target = dir.rstrip("/") + "/" + name if dir.strip("/") else "/" + name
-        entries.append(EntryInfo(**await m.write_file(sandbox_id, target, user, reader.body())))
-    return EntryList(entries=entries)
+
+    async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+        while (headers := await reader.next_part()) is not None:
+            filename = part_filename(headers)
+            if filename is not None:  # plain form fields are skipped
+                yield check_relative_name(filename), reader.body()
+
+    return EntryList(entries=[EntryInfo(**e) for e in await m.write_files(sandbox_id, dir, user, parts())])
 
 
 @router.get("/fs/list", response_model=EntryList)
