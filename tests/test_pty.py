@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from corral import AsyncSandbox, PtyHandle, Sandbox
+from corral import AsyncSandbox, PtyHandle, PtySize, Sandbox
 from corral.sdk import AsyncPtyHandle
 
 pytestmark = pytest.mark.timeout(120)
@@ -79,7 +79,7 @@ def test_shell_session_size_and_resize(sbx: Sandbox) -> None:
 
 
 def test_full_screen_programs_driven_by_keystrokes(sbx: Sandbox) -> None:
-    h = sbx.pty.create(cols=100, rows=30, envs=PROMPT_ENV)
+    h = sbx.pty.create(PtySize(rows=30, cols=100), envs=PROMPT_ENV)  # E2B spelling
     h.send_stdin("top -b -n1 | head -5; echo top-done-$((1+1))\n")
     out = read_until(h, "top-done-2")
     assert "load average" in out and "Tasks:" in out

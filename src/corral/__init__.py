@@ -41,6 +41,7 @@ from corral.sdk import (
     EntryInfo,
     ProcessInfo,
     PtyHandle,
+    PtySize,
     Sandbox,
     SandboxInfo,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "ProcessInfo",
     "ProcessNotFoundError",
     "PtyHandle",
+    "PtySize",
     "Sandbox",
     "SandboxFailedError",
     "SandboxInfo",

@@ -15,6 +15,7 @@ from corral.sdk.models import (
     EntryInfo,
     FilesystemEvent,
     ProcessInfo,
+    PtySize,
     SandboxInfo,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "ProcessInfo",
     "Pty",
     "PtyHandle",
+    "PtySize",
     "Sandbox",
     "SandboxInfo",
     "WatchHandle",

@@ -157,3 +157,11 @@ class CommandTimeoutError(TimeoutError_):
     ) -> None:
         super().__init__(message)
         self.stdout, self.stderr, self.exit_code = stdout, stderr, exit_code
+
+
+@dataclass(frozen=True)
+class PtySize:
+    """A terminal's size, in character cells."""
+
+    rows: int = 24
+    cols: int = 80

@@ -8,7 +8,7 @@ from typing import Any
 
 from corral.sdk._sync.client import ApiClient
 from corral.sdk._sync.commands import CommandHandle, Commands, OutputHandler
-from corral.sdk.models import CommandResult
+from corral.sdk.models import CommandResult, PtySize
 
 
 class PtyHandle:
@@ -89,20 +89,24 @@ class Pty:
 
     def create(
         self,
+        size: PtySize | None = None,
+        on_data: OutputHandler | None = None,
+        *,
         cols: int = 80,
         rows: int = 24,
-        on_data: OutputHandler | None = None,
         cwd: str | None = None,
         envs: dict[str, str] | None = None,
         user: str = "user",
         timeout: float | None = None,
         cmd: str | None = None,
     ) -> PtyHandle:
-        """Start a terminal of ``cols`` x ``rows``: an interactive login bash, or ``cmd`` (a
+        """Start a terminal of ``size`` (or ``cols`` x ``rows``): an interactive login bash, or ``cmd`` (a
         command line run with ``bash -l -c``). Returns as soon as it has started.
 
         ``timeout`` (seconds, default none) is enforced by the server, which kills the terminal.
         """
+        if size is not None:  # E2B's spelling: pty.create(PtySize(rows=24, cols=80), ...)
+            cols, rows = size.cols, size.rows
         body: dict[str, Any] = {
             "cols": cols,
             "rows": rows,
