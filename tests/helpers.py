@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
@@ -17,6 +18,12 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = Path(os.environ.get("CORRAL_TEMPLATES_DIR", "/var/lib/corral/templates"))
+
+
+def _terminate_with_parent() -> None:
+    """If the test run dies (a timeout, ^C), its servers get SIGTERM and free their sandboxes."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -74,6 +81,7 @@ class ServerProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "corral.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
         wait_until(self._healthy, timeout=300, interval=0.05, what=f"corral server on {self.url} (log: {self.log_path})")
         return self
