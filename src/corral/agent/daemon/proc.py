@@ -151,11 +151,22 @@ class Proc:
             pass
         self.exited.set()
 
+    def _outputs(self):
+        """fd -> frame kind of what this process prints (a PTY overrides it)."""
+        p = self.popen
+        return {p.stdout.fileno(): K_STDOUT, p.stderr.fileno(): K_STDERR}
+
+    def _close_outputs(self):
+        for f in (self.popen.stdout, self.popen.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
     def _read(self):
         import select
 
-        p = self.popen
-        kinds = {p.stdout.fileno(): K_STDOUT, p.stderr.fileno(): K_STDERR}
+        kinds = self._outputs()
         poller = select.poll()
         for fd in kinds:
             poller.register(fd, select.POLLIN)
@@ -167,7 +178,7 @@ class Proc:
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        break  # the process exited but something still holds its pipes
+                        break  # the process exited but something still holds its outputs
                     timeout = int(left * 1000) + 1
                 for fd, _ev in poller.poll(timeout):
                     if fd == self.wake_r:
@@ -178,7 +189,9 @@ class Proc:
                         continue
                     try:
                         data = os.read(fd, MAX_SEND)
-                    except OSError:
+                    except BlockingIOError:  # a non-blocking PTY master woke up with nothing
+                        continue
+                    except OSError:  # EIO on a PTY master: every slave side closed (end of file)
                         data = b""
                     if data:
                         self.push(kinds[fd], data)
@@ -190,11 +203,7 @@ class Proc:
             log_exception(f"reader {self.pid}")
             self.exited.wait()
         finally:
-            for f in (p.stdout, p.stderr):
-                try:
-                    f.close()
-                except OSError:
-                    pass
+            self._close_outputs()
             for fd in (self.wake_r, self.wake_w):
                 try:
                     os.close(fd)

@@ -8,8 +8,8 @@ and would shadow the standard library's ``pty``.
 import os
 import time
 
-from .proc import DRAIN_AFTER_EXIT, Proc
-from .wire import K_STDOUT, MAX_SEND, AgentError, invalid, log_exception, os_error
+from .proc import Proc
+from .wire import K_STDOUT, AgentError, invalid, os_error
 
 MAX_SIZE = 1000  # columns and rows are 1..MAX_SIZE
 WRITE_STALL = 5.0  # seconds a write may wait for the terminal to take input before failing
@@ -85,61 +85,16 @@ class PtyProc(Proc):
         super().__init__(popen, info, timeout)
         self.master = master  # None once closed (under stdin_lock)
 
-    def _read(self):
-        import select
+    def _outputs(self):
+        return {self.master: K_STDOUT}
 
-        fd = self.master
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.register(self.wake_r, select.POLLIN)
-        deadline = None
-        try:
-            while True:
-                timeout = None
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break  # the process exited but something still holds the terminal
-                    timeout = int(left * 1000) + 1
-                events = poller.poll(timeout)
-                eof = False
-                for rfd, _ev in events:
-                    if rfd == self.wake_r:
-                        poller.unregister(rfd)
-                        deadline = time.monotonic() + DRAIN_AFTER_EXIT
-                        continue
-                    try:
-                        data = os.read(fd, MAX_SEND)
-                    except BlockingIOError:
-                        continue
-                    except OSError:  # EIO: every slave side is closed (Linux's end of file)
-                        data = b""
-                    if data:
-                        self.push(K_STDOUT, data)
-                    else:
-                        eof = True
-                if eof:
-                    break
-            self.exited.wait()
-        except Exception:
-            log_exception(f"pty reader {self.pid}")
-            self.exited.wait()
-        finally:
-            with self.stdin_lock:
-                self.master = None
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            for wfd in (self.wake_r, self.wake_w):
-                try:
-                    os.close(wfd)
-                except OSError:
-                    pass
-            with self.cv:
-                self.finished = True
-                self.ended_at = time.monotonic()
-                self.cv.notify_all()
+    def _close_outputs(self):
+        with self.stdin_lock:
+            fd, self.master = self.master, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def write(self, raw):
         """Type ``raw`` into the terminal (call with stdin_lock held)."""
