@@ -191,3 +191,14 @@ def test_async_sdk(api: dict[str, str]) -> None:
             assert "".join(chunks) == h.output
 
     asyncio.run(main())
+
+
+def test_a_long_terminal_session_keeps_bounded_output(sbx: Sandbox) -> None:
+    """A handle keeps only the recent output (on_data sees everything), so long sessions do not grow."""
+    from corral.sdk._sync.pty import PTY_KEEP
+
+    total = [0]
+    h = sbx.pty.create(cmd="head -c 3000000 /dev/zero | tr '\\\\0' 'x'", on_data=lambda d: total.__setitem__(0, total[0] + len(d)))
+    result = h.wait()
+    assert total[0] >= 3_000_000
+    assert len(result.stdout) <= PTY_KEEP + 256 * 65536

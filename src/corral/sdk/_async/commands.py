@@ -51,6 +51,10 @@ class AsyncCommandHandle:
         self._stdout: builtins.list[str] = []
         self._stderr: builtins.list[str] = []
         self._done = False
+        # Characters of output kept for .stdout/.stderr (None: all of it). A terminal left open
+        # for hours keeps only its recent screenfuls; callbacks still see everything.
+        self.keep: int | None = None
+        self._kept = {"stdout": 0, "stderr": 0}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} pid={self.pid} exit_code={self.exit_code}>"
@@ -64,6 +68,15 @@ class AsyncCommandHandle:
     def stderr(self) -> str:
         """The standard error received so far."""
         return "".join(self._stderr)
+
+    def _keep(self, name: str, data: str) -> None:
+        chunks = self._stdout if name == "stdout" else self._stderr
+        chunks.append(data)
+        self._kept[name] += len(data)
+        if self.keep is not None and self._kept[name] > 2 * self.keep:  # trimmed in batches
+            text = "".join(chunks)[-self.keep :]
+            chunks[:] = [text]
+            self._kept[name] = len(text)
 
     async def _next_event(self) -> dict[str, Any] | None:
         """Read and apply the next event of the stream; None once the command has ended."""
@@ -80,10 +93,10 @@ class AsyncCommandHandle:
             event = json.loads(line)
             kind = event.get("type")
             if kind == "stdout":
-                self._stdout.append(event["data"])
+                self._keep("stdout", event["data"])
                 await _call(self._on_stdout, event["data"])
             elif kind == "stderr":
-                self._stderr.append(event["data"])
+                self._keep("stderr", event["data"])
                 await _call(self._on_stderr, event["data"])
             elif kind == "start":
                 self.pid = int(event["pid"])

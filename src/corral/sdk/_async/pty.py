@@ -9,6 +9,7 @@ from corral.sdk._async.client import AsyncApiClient
 from corral.sdk._async.commands import AsyncCommandHandle, AsyncCommands, OutputHandler
 from corral.sdk.models import CommandResult, PtySize
 
+PTY_KEEP = 1 << 20  # characters of terminal output a handle keeps (on_data sees all of it)
 
 class AsyncPtyHandle:
     """A running terminal: its output so far, keystrokes, resizing, and ``wait()`` for its end.
@@ -119,6 +120,7 @@ class AsyncPty:
             "POST", self._base, json=body, read_timeout=self._api.config.stream_read_timeout
         )
         handle = AsyncCommandHandle(self._commands, resp, on_stdout=on_data)
+        handle.keep = PTY_KEEP
         try:
             while handle.pid == 0 and await handle._next_event() is not None:
                 pass
@@ -130,6 +132,7 @@ class AsyncPty:
     async def connect(self, pid: int, on_data: OutputHandler | None = None) -> AsyncPtyHandle:
         """Re-attach to a terminal: its buffered output is replayed, then live output."""
         handle = await self._commands.connect(pid, on_stdout=on_data)
+        handle.keep = PTY_KEEP
         return AsyncPtyHandle(self, handle)
 
     async def send_stdin(self, pid: int, data: str | bytes) -> None:

@@ -10,6 +10,8 @@ from corral.sdk._sync.client import ApiClient
 from corral.sdk._sync.commands import CommandHandle, Commands, OutputHandler
 from corral.sdk.models import CommandResult, PtySize
 
+PTY_KEEP = 1 << 20  # characters of terminal output a handle keeps (on_data sees all of it)
+
 
 class PtyHandle:
     """A running terminal: its output so far, keystrokes, resizing, and ``wait()`` for its end.
@@ -120,6 +122,7 @@ class Pty:
             "POST", self._base, json=body, read_timeout=self._api.config.stream_read_timeout
         )
         handle = CommandHandle(self._commands, resp, on_stdout=on_data)
+        handle.keep = PTY_KEEP
         try:
             while handle.pid == 0 and handle._next_event() is not None:
                 pass
@@ -131,6 +134,7 @@ class Pty:
     def connect(self, pid: int, on_data: OutputHandler | None = None) -> PtyHandle:
         """Re-attach to a terminal: its buffered output is replayed, then live output."""
         handle = self._commands.connect(pid, on_stdout=on_data)
+        handle.keep = PTY_KEEP
         return PtyHandle(self, handle)
 
     def send_stdin(self, pid: int, data: str | bytes) -> None:
