@@ -51,7 +51,8 @@ def test_agent_death_marks_the_sandbox_failed(corral_server: ServerProcess) -> N
     sbx = Sandbox.create(**_kw(corral_server))
     # From inside, as root: kill the agent (pid 2, the only child of bubblewrap's init, pid 1).
     assert sbx.commands.run("cat /proc/1/task/1/children").stdout.split() == ["2"]
-    sbx.commands.run("kill -KILL 2", user="root", background=True)
+    # Delayed, so this command's own answer is not cut off by the agent's death.
+    sbx.commands.run("(sleep 0.3; kill -KILL 2) >/dev/null 2>&1 &", user="root")
     wait_until(lambda: sbx.get_info().state == "failed", timeout=10, what="failed state")
     assert "agent" in (sbx.get_info().reason or "")
     assert_clean(corral_server.run_dir, {sbx.sandbox_id}, timeout=20)
