@@ -128,6 +128,11 @@ def op_exec(conn, req):
     with PROCS_LOCK:
         PROCS[proc.pid] = proc
     proc.start()
+    _answer(conn, proc, sub)
+
+
+def _answer(conn, proc, sub):
+    """The start event, then the subscriber's output and the end event."""
     try:
         conn.send_json({"type": "start", "pid": proc.pid})
     except ClientGone:
@@ -165,13 +170,7 @@ def _spawn_piped(argv, want_stdin, info, timeout, **kw):
 def op_connect(conn, req):
     _purge()
     proc = _get_proc(req, running=False)
-    sub = proc.subscribe()
-    try:
-        conn.send_json({"type": "start", "pid": proc.pid})
-    except ClientGone:
-        proc.unsubscribe(sub)
-        raise
-    proc.stream(conn, sub)
+    _answer(conn, proc, proc.subscribe())
 
 
 def op_list(conn, req):

@@ -115,13 +115,17 @@ class AsyncCommandHandle:
         Raises ``CommandExitError`` on a non-zero exit code and ``corral.TimeoutError`` (a
         ``CommandTimeoutError`` with the partial output) when the command ran out of time.
         """
+        await self._drain()
+        return self._result()
+
+    async def _drain(self) -> None:
+        """Read the stream to its end (calling the handlers); let go of it if that fails."""
         try:
             while await self._next_event() is not None:
                 pass
         finally:
             if self.exit_code is None:
                 await self.disconnect()
-        return self._result()
 
     def _result(self) -> CommandResult:
         assert self.exit_code is not None

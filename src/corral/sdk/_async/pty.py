@@ -50,12 +50,7 @@ class AsyncPtyHandle:
         ``exit_code`` and ``error`` tell. ``stdout`` holds the whole terminal output.
         """
         handle = self._handle
-        try:
-            while await handle._next_event() is not None:
-                pass
-        finally:
-            if handle.exit_code is None:
-                await handle.disconnect()
+        await handle._drain()
         assert handle.exit_code is not None
         return CommandResult(handle.stdout, "", handle.exit_code, handle.error)
 

@@ -116,13 +116,17 @@ class CommandHandle:
         Raises ``CommandExitError`` on a non-zero exit code and ``corral.TimeoutError`` (a
         ``CommandTimeoutError`` with the partial output) when the command ran out of time.
         """
+        self._drain()
+        return self._result()
+
+    def _drain(self) -> None:
+        """Read the stream to its end (calling the handlers); let go of it if that fails."""
         try:
             while self._next_event() is not None:
                 pass
         finally:
             if self.exit_code is None:
                 self.disconnect()
-        return self._result()
 
     def _result(self) -> CommandResult:
         assert self.exit_code is not None

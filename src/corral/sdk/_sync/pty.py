@@ -52,12 +52,7 @@ class PtyHandle:
         ``exit_code`` and ``error`` tell. ``stdout`` holds the whole terminal output.
         """
         handle = self._handle
-        try:
-            while handle._next_event() is not None:
-                pass
-        finally:
-            if handle.exit_code is None:
-                handle.disconnect()
+        handle._drain()
         assert handle.exit_code is not None
         return CommandResult(handle.stdout, "", handle.exit_code, handle.error)
 
