@@ -6,8 +6,13 @@ BIN := $(VENV)/bin
 DATA_DIR ?= /var/lib/corral
 APT_PACKAGES := bubblewrap mmdebstrap nftables iproute2 python3-venv python3-pip python3-seccomp uidmap ca-certificates
 PYTEST_ARGS ?=
+# The older e2b Python SDK the compat tests also drive (E2B_SANDBOX_URL exists since 2.7; this one
+# still creates with POST /sandboxes and speaks Connect through its vendored client).
+E2B_OLD_VERSION := 2.20.0
+E2B_OLD_VENV := .venv-e2b-old
+JS_COMPAT := tests/compat/js
 
-.PHONY: setup apt venv template serve test bench lint spec clean-test
+.PHONY: setup apt node venv e2b-sdks template serve test bench lint spec clean-test
 
 setup: apt venv template
 
@@ -18,6 +23,22 @@ apt:
 		echo "installing Debian packages: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+# node and npm for the e2b JS SDK tests, from Debian if the machine has none (that SDK wants node >= 20.18.1).
+node:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+
+# The e2b SDKs that tests/compat drives: the latest Python one is in the dev extra; the older
+# Python one gets its own venv; the JS one is installed from the committed lock file.
+e2b-sdks: $(E2B_OLD_VENV)/.installed $(JS_COMPAT)/node_modules/.installed
+$(E2B_OLD_VENV)/.installed: Makefile
+	test -x $(E2B_OLD_VENV)/bin/python || $(PY) -m venv $(E2B_OLD_VENV)
+	$(E2B_OLD_VENV)/bin/pip install -q 'e2b==$(E2B_OLD_VERSION)'
+	touch $@
+$(JS_COMPAT)/node_modules/.installed: $(JS_COMPAT)/package-lock.json | node
+	cd $(JS_COMPAT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 # The venv sees the system site-packages for python3-seccomp (a Debian package).
 venv: $(BIN)/.installed
@@ -34,7 +55,7 @@ template: venv
 serve: setup
 	$(BIN)/corral serve --data-dir $(DATA_DIR)
 
-test: setup
+test: setup e2b-sdks
 	CORRAL_TEMPLATES_DIR=$(DATA_DIR)/templates $(BIN)/pytest $(PYTEST_ARGS)
 
 bench: setup

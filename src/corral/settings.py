@@ -36,6 +36,12 @@ class Settings(BaseModel):
     max_cpu_count: float = Field(8.0, description="Largest CPU quota a sandbox may ask for.")
     pool_size: int = Field(2, description="Started sandboxes kept warm per template, so create is a claim (0 disables).")
     subnet: str = Field("10.213.0.0/16", description="Addresses for sandbox veth pairs (/30 each).")
+    e2b_domain: str | None = Field(
+        None, description="Domain of E2B host-name routing, <port>-<sandboxID>.<domain>; told to the e2b SDKs "
+        "as the sandboxes' domain (CORRAL_E2B_DOMAIN). Unset: any host name of that shape is routed.",
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS (CORRAL_TLS_CERT_FILE).")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file (CORRAL_TLS_KEY_FILE).")
     log_level: str = Field("info", description="uvicorn and corral log level (CORRAL_LOG_LEVEL).")
 
     @classmethod

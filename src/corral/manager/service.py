@@ -237,6 +237,31 @@ class Manager:
         )
         return await _started(stream)
 
+    async def start_process(
+        self,
+        sandbox_id: str,
+        cmd: str,
+        args: builtins.list[str],
+        envs: dict[str, str] | None = None,
+        cwd: str | None = None,
+        user: str = "user",
+        timeout: float | None = None,
+        stdin: bool = False,
+        tag: str | None = None,
+        pty: tuple[int, int] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Start any program (``cmd`` with ``args``, no shell around it), on a ``(cols, rows)``
+        terminal if ``pty`` is given. The events are those of ``run_command``."""
+        if pty is not None:
+            _check_size(*pty)
+        lv = self._running(sandbox_id)
+        metrics.COMMANDS.inc()
+        stream = lv.agent.exec(
+            cmd=cmd, args=args, envs=envs, cwd=cwd, user=user, timeout=timeout or None, stdin=stdin, tag=tag,
+            pty=None if pty is None else {"cols": pty[0], "rows": pty[1]},
+        )
+        return await _started(stream)
+
     async def resize_pty(self, sandbox_id: str, pid: int, cols: int, rows: int) -> None:
         _check_size(cols, rows)
         await self._running(sandbox_id).agent.resize(pid, cols, rows)

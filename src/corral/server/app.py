@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, errors
+from ..compat.e2b import E2BCompat
 from ..manager import Manager
 from ..settings import Settings
 from .auth import check_key, is_open, load_or_create_key
@@ -29,13 +30,14 @@ WS_QUERY_KEY_PATH = re.compile(r"/v1/sandboxes/[^/]+/pty/ws")
 
 class Guard:
     """Pure ASGI middleware: the API key on every call but the open paths, a cap on JSON bodies,
-    and the fast path for running commands (see ``routes/commands.py``).
+    the fast path for running commands (see ``routes/commands.py``), and the requests of the e2b
+    SDKs handed to ``compat.e2b`` (which checks the API key or the sandbox's access token itself).
 
     (Starlette's BaseHTTPMiddleware would copy every streamed response through a memory stream.)
     """
 
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app, self.api_key = app, api_key
+    def __init__(self, app: Any, api_key: str, e2b: E2BCompat | None = None) -> None:
+        self.app, self.api_key, self.e2b = app, api_key, e2b
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
@@ -43,6 +45,8 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.e2b is not None and (e2b := self.e2b.handler(scope, headers)) is not None:
+            return await e2b(scope, receive, send)  # E2B's SDKs: its own auth and error shapes
         try:
             if not is_open(scope["method"], scope["path"]):
                 check_key(self.api_key, headers)
@@ -98,7 +102,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app = FastAPI(title="corral", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
 
-    app.add_middleware(Guard, api_key=api_key)
+    app.add_middleware(Guard, api_key=api_key, e2b=E2BCompat(api_key, settings.e2b_domain))
 
     @app.exception_handler(errors.CorralError)
     async def corral_error(request: Request, err: errors.CorralError) -> JSONResponse:
@@ -149,10 +153,13 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ensure_template(settings.templates_dir, "base", progress=_progress_printer())
     app = create_app(settings)
-    print(f"corral {__version__} serving on http://{settings.host}:{settings.port}", flush=True)
+    scheme = "https" if settings.tls_cert_file else "http"
+    print(f"corral {__version__} serving on {scheme}://{settings.host}:{settings.port}", flush=True)
     # Idle keep-alive connections live 75 s (as behind nginx): SDK clients hold one per sandbox, and
     # a short timeout races with their next request on the same connection.
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
         timeout_keep_alive=75,
+        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
     )

@@ -1,0 +1,122 @@
+"""Which requests are E2B's, and where they go.
+
+Sandbox traffic is recognised the two ways the e2b SDKs address it: the ``E2b-Sandbox-Id`` and
+``E2b-Sandbox-Port`` headers (``E2B_SANDBOX_URL`` pointing at corral), or a host name
+``<port>-<sandboxID>.<domain>`` (``E2B_DOMAIN``). Port 49983 is envd, 49999 the code
+interpreter; other ports are not forwarded. Presigned ``/files`` URLs carry neither: their
+signature says which sandbox they are for. The control plane (``/sandboxes``, ``/v2/...``,
+``/templates``...) needs the API key, like corral's own API, and its paths do not overlap
+corral's (``/v1/...``, ``/health``, ``/metrics``, ``/docs``, ``/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ... import errors
+from ...manager import Manager
+from ...server.auth import check_key
+from . import interpreter
+from .asgi import Scope, headers_of, send_json
+from .control import Control
+from .envd import UNAUTHORIZED, Envd, access_token, sandbox_gone
+from .files import query_of, signature_matches
+
+ENVD_PORT, INTERPRETER_PORT = 49983, 49999
+ENVD_RPC_PREFIXES = ("/process.Process/", "/filesystem.Filesystem/")
+CONTROL_PREFIXES = ("/sandboxes", "/v2/sandboxes", "/templates", "/v2/templates", "/v3/templates",
+                    "/snapshots", "/volumes", "/secrets")
+SANDBOX_ID = re.compile(r"^[a-z0-9]{1,64}$")
+HOST_LABEL = re.compile(r"^(?P<port>\d{1,5})-(?P<sid>[a-z0-9]{1,64})$")
+
+ASGI = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+class E2BCompat:
+    """Picks E2B requests out of the listener's traffic (``handler``) and serves them."""
+
+    def __init__(self, api_key: str, domain: str | None = None) -> None:
+        self.api_key = api_key
+        self.domain = domain.lower().strip(".") if domain else None
+        self._manager: Manager | None = None
+        self._control: Control | None = None
+        self._envd: Envd | None = None
+
+    def handler(self, scope: Scope, headers: dict[str, str]) -> ASGI | None:
+        """The ASGI callable for an E2B request, or None for corral's own API."""
+        path = scope["path"]
+        if any(path == p or path.startswith(p + "/") for p in CONTROL_PREFIXES):
+            # Before the sandbox headers: some SDK releases send them on API calls too (connect),
+            # and no sandbox service has a path under these prefixes.
+            return self._control_plane
+        sandbox_id = headers.get("e2b-sandbox-id")
+        if sandbox_id is not None:
+            port = headers.get("e2b-sandbox-port", str(ENVD_PORT))
+            return lambda s, r, w: self._sandbox(sandbox_id, port, s, r, w)
+        host = self._host_route(headers.get("host", ""))
+        if host is not None:
+            return lambda s, r, w: self._sandbox(host[1], host[0], s, r, w)
+        if path == "/files" and b"signature=" in scope.get("query_string", b""):
+            return self._presigned
+        if "x-access-token" in headers and (path == "/files" or path.startswith(ENVD_RPC_PREFIXES)):
+            # SDKs from about 2.7 to 2.2x drop the routing headers after Sandbox.connect(), and
+            # keep only the access token: that names the sandbox too.
+            return lambda s, r, w: self._by_token(headers["x-access-token"], s, r, w)
+        return None
+
+    def _host_route(self, host: str) -> tuple[str, str] | None:
+        """(port, sandbox id) of a ``<port>-<sandboxID>.<domain>`` host name (any domain when corral
+        was not told its E2B domain)."""
+        name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
+        label, dot, domain = name.partition(".")
+        if not dot or (self.domain is not None and domain != self.domain):
+            return None
+        m = HOST_LABEL.fullmatch(label)
+        return None if m is None else (m["port"], m["sid"])
+
+    def _services(self, scope: Scope) -> tuple[Manager, Control, Envd]:
+        manager: Manager = scope["app"].state.manager
+        if self._manager is not manager or self._control is None or self._envd is None:
+            self._manager, self._control, self._envd = manager, Control(manager, self.domain), Envd(manager)
+        return manager, self._control, self._envd
+
+    async def _sandbox(self, sandbox_id: str, port: str, scope: Scope, receive: Any, send: Any) -> None:
+        manager, _, envd = self._services(scope)
+        lv = manager.live.get(sandbox_id) if SANDBOX_ID.fullmatch(sandbox_id) else None
+        if lv is None or lv.ending:
+            return await send_json(send, *sandbox_gone(sandbox_id))
+        if port == str(ENVD_PORT):
+            return await envd(sandbox_id, scope, receive, send)
+        if port == str(INTERPRETER_PORT):
+            return await interpreter.serve(manager, sandbox_id, scope, receive, send)
+        message = (f"port {port[:8]} of sandbox {sandbox_id} is not reachable through corral: only ports "
+                   f"{ENVD_PORT} (envd) and {INTERPRETER_PORT} (code interpreter) are served")
+        await send_json(send, 502, {"code": 502, "message": message, "sandboxId": sandbox_id, "port": port[:8]})
+
+    async def _presigned(self, scope: Scope, receive: Any, send: Any) -> None:
+        """A presigned /files URL: the sandbox is the one whose token made its signature."""
+        manager, _, envd = self._services(scope)
+        query = query_of(scope)
+        for sandbox_id, lv in list(manager.live.items()):
+            if not lv.ending and signature_matches(query, scope["method"], access_token(manager, sandbox_id)):
+                return await envd(sandbox_id, scope, receive, send)
+        await send_json(send, 401, {"code": 401, "message": "invalid or expired file URL signature"})
+
+    async def _by_token(self, token: str, scope: Scope, receive: Any, send: Any) -> None:
+        manager, _, envd = self._services(scope)
+        for sandbox_id, lv in list(manager.live.items()):
+            # SECURITY: constant-time comparison with each sandbox's token.
+            if not lv.ending and hmac.compare_digest(token.encode(), access_token(manager, sandbox_id).encode()):
+                return await envd(sandbox_id, scope, receive, send)
+        await send_json(send, 401, {"code": "unauthenticated", "message": UNAUTHORIZED})
+
+    async def _control_plane(self, scope: Scope, receive: Any, send: Any) -> None:
+        try:
+            check_key(self.api_key, headers_of(scope))
+        except errors.AuthenticationError as e:
+            return await send_json(send, 401, {"code": 401, "message": e.message})
+        _, control, _ = self._services(scope)
+        await control(scope, receive, send)

@@ -1,0 +1,43 @@
+"""Fixtures of the E2B compatibility tests: the official e2b SDKs pointed at the session's
+corral server by their own environment variables, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from helpers import ServerProcess
+
+# Never an E2B-owned domain: if anything fell back to the domain, it would fail to resolve.
+E2B_DOMAIN = "corral.invalid"
+
+
+def e2b_environ(server: ServerProcess) -> dict[str, str]:
+    return {"E2B_API_KEY": server.api_key, "E2B_API_URL": server.url, "E2B_SANDBOX_URL": server.url,
+            "E2B_DOMAIN": E2B_DOMAIN}
+
+
+@pytest.fixture()
+def e2b_vars(corral_server: ServerProcess) -> dict[str, str]:
+    """The E2B_* variables for an SDK in a child process."""
+    return e2b_environ(corral_server)
+
+
+@pytest.fixture()
+def e2b_env(corral_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> ServerProcess:
+    for name, value in e2b_environ(corral_server).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("E2B_DEBUG", raising=False)
+    return corral_server
+
+
+@pytest.fixture()
+def e2b_sbx(e2b_env: ServerProcess) -> Iterator[object]:
+    from e2b import Sandbox
+
+    sandbox = Sandbox.create(metadata={"suite": "e2b-compat"})
+    try:
+        yield sandbox
+    finally:
+        sandbox.kill()

@@ -1,0 +1,25 @@
+"""An older release of the `e2b` Python SDK (its own venv, made by `make e2b-sdks`) drives corral."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+pytestmark = pytest.mark.privileged
+
+OLD_PYTHON = REPO / ".venv-e2b-old" / "bin" / "python"
+
+
+@pytest.mark.skipif(not OLD_PYTHON.exists(), reason="run `make e2b-sdks` for the older e2b SDK's venv")
+def test_older_python_sdk(e2b_vars: dict[str, str]) -> None:
+    env = {**os.environ, **e2b_vars}
+    env.pop("E2B_DEBUG", None)
+    script = Path(__file__).with_name("old_sdk_flow.py")
+    p = subprocess.run([str(OLD_PYTHON), str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f"{p.stdout}\n{p.stderr[-4000:]}"
+    assert p.stdout.splitlines()[-1] == "ok kill"

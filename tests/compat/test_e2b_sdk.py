@@ -1,0 +1,247 @@
+"""The official `e2b` Python SDK (latest, from PyPI) against a real corral server: sandboxes,
+commands, PTYs, files, watching, file URLs, listing, timeouts. No mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+e2b = pytest.importorskip("e2b")
+
+from e2b import (  # noqa: E402
+    AsyncSandbox,
+    AuthenticationException,
+    CommandExitException,
+    FileNotFoundException,
+    FilesystemEventType,
+    InvalidArgumentException,
+    NotFoundException,
+    PtySize,
+    Sandbox,
+    SandboxException,
+    SandboxNotFoundException,
+    SandboxQuery,
+    TimeoutException,
+)
+
+from helpers import wait_until  # noqa: E402
+
+pytestmark = pytest.mark.privileged
+
+
+def test_create_reports_what_the_sdk_needs(e2b_sbx: Sandbox) -> None:
+    assert e2b_sbx.sandbox_id.isalnum() and e2b_sbx.sandbox_id.islower()
+    info = e2b_sbx.get_info()
+    assert info.template_id == "base" and info.state.value == "running"
+    assert info.metadata == {"suite": "e2b-compat"}
+    assert info.end_at > info.started_at
+    assert e2b_sbx.is_running()
+
+
+def test_commands_foreground(e2b_sbx: Sandbox) -> None:
+    r = e2b_sbx.commands.run("echo out; echo err >&2; echo $GREETING from $(pwd)", envs={"GREETING": "hi"})
+    assert r.exit_code == 0 and r.stderr == "err\n"
+    assert r.stdout == "out\nhi from /home/user\n"
+    seen: list[str] = []
+    e2b_sbx.commands.run("for i in 1 2 3; do echo $i; done", on_stdout=seen.append)
+    assert "".join(seen) == "1\n2\n3\n"
+    assert e2b_sbx.commands.run("whoami", user="root").stdout == "root\n"
+    assert e2b_sbx.commands.run("pwd", cwd="/tmp").stdout == "/tmp\n"
+    with pytest.raises(CommandExitException) as exc:
+        e2b_sbx.commands.run("echo before; exit 7")
+    assert exc.value.exit_code == 7 and exc.value.stdout == "before\n"
+
+
+def test_commands_timeout_kills_the_command(e2b_sbx: Sandbox) -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutException):
+        e2b_sbx.commands.run("sleep 30", timeout=1)
+    assert time.monotonic() - started < 10
+    # The SDK's own deadline may fire a moment before corral's kill.
+    wait_until(lambda: "sleep 30" not in e2b_sbx.commands.run("ps -eo args").stdout, what="the command killed")
+
+
+def test_commands_background_list_connect_kill(e2b_sbx: Sandbox) -> None:
+    handle = e2b_sbx.commands.run("echo started; sleep 60", background=True)
+    assert handle.pid > 0
+    assert any(p.pid == handle.pid for p in e2b_sbx.commands.list())
+    again = e2b_sbx.commands.connect(handle.pid)
+    assert again.pid == handle.pid
+    assert e2b_sbx.commands.kill(handle.pid) is True
+    with pytest.raises(CommandExitException):
+        handle.wait()
+    wait_until(lambda: all(p.pid != handle.pid for p in e2b_sbx.commands.list()), what="the killed command gone")
+    assert e2b_sbx.commands.kill(handle.pid) is False
+    with pytest.raises(NotFoundException):
+        e2b_sbx.commands.connect(999999)
+
+
+def test_commands_stdin(e2b_sbx: Sandbox) -> None:
+    handle = e2b_sbx.commands.run("cat", background=True, stdin=True)
+    e2b_sbx.commands.send_stdin(handle.pid, "line one\n")
+    handle.send_stdin("line two\n")
+    handle.close_stdin()
+    assert handle.wait().stdout == "line one\nline two\n"
+    streamed = e2b_sbx.commands.run("cat", background=True, stdin=True)
+    e2b_sbx.commands.stream_input(streamed.pid, iter([b"a", b"b\n"]))
+    streamed.close_stdin()
+    assert streamed.wait().stdout == "ab\n"
+
+
+def test_pty(e2b_sbx: Sandbox) -> None:
+    terminal = e2b_sbx.pty.create(PtySize(rows=24, cols=80))
+    e2b_sbx.pty.resize(terminal.pid, PtySize(rows=30, cols=100))
+    e2b_sbx.pty.send_stdin(terminal.pid, b"stty size; echo $((6*7)); exit\n")
+    output = bytearray()
+    terminal.wait(on_pty=output.extend)
+    text = output.decode(errors="replace")
+    assert "30 100" in text and "42" in text
+    sleeper = e2b_sbx.pty.create(PtySize(rows=24, cols=80))
+    assert e2b_sbx.pty.kill(sleeper.pid) is True
+
+
+def test_files(e2b_sbx: Sandbox) -> None:
+    info = e2b_sbx.files.write("/home/user/dir/a.txt", "hello")
+    assert info.path == "/home/user/dir/a.txt" and info.name == "a.txt"
+    assert e2b_sbx.files.read("/home/user/dir/a.txt") == "hello"
+    e2b_sbx.files.write("dir/b.bin", bytes(range(256)))  # relative to the user's home
+    assert bytes(e2b_sbx.files.read("dir/b.bin", format="bytes")) == bytes(range(256))
+    e2b_sbx.files.write_files([{"path": "/tmp/m/1.txt", "data": "one"}, {"path": "/tmp/m/2.txt", "data": "two"}])
+    assert sorted(e.name for e in e2b_sbx.files.list("/tmp/m")) == ["1.txt", "2.txt"]
+    names = {e.path for e in e2b_sbx.files.list("/home/user", depth=2)}
+    assert {"/home/user/dir", "/home/user/dir/a.txt"} <= names
+    stat = e2b_sbx.files.get_info("/home/user/dir/a.txt")
+    assert stat.type is not None and stat.type.value == "file" and stat.size == 5 and stat.owner == "user"
+    assert e2b_sbx.files.exists("/home/user/dir") and not e2b_sbx.files.exists("/home/user/nope")
+    assert e2b_sbx.files.make_dir("/home/user/new/deep") is True
+    assert e2b_sbx.files.make_dir("/home/user/new/deep") is False
+    moved = e2b_sbx.files.rename("/home/user/dir/a.txt", "/home/user/new/a.txt")
+    assert moved.path == "/home/user/new/a.txt"
+    e2b_sbx.files.remove("/home/user/new")
+    e2b_sbx.files.remove("/home/user/new")  # removing what is gone is fine, as in E2B
+    assert not e2b_sbx.files.exists("/home/user/new")
+    with pytest.raises(FileNotFoundException):
+        e2b_sbx.files.read("/home/user/missing.txt")
+    with pytest.raises(InvalidArgumentException):
+        e2b_sbx.files.list("/home/user/dir/b.bin")
+    with pytest.raises(SandboxException):
+        e2b_sbx.files.write("/home/user/meta.txt", "x", metadata={"author": "me"})  # not supported: refused
+
+
+def test_watch_dir_polled(e2b_sbx: Sandbox) -> None:
+    e2b_sbx.files.make_dir("/home/user/w")
+    handle = e2b_sbx.files.watch_dir("/home/user/w", recursive=True)
+    e2b_sbx.files.write("/home/user/w/new.txt", "x")
+    events = []
+
+    def arrived() -> bool:
+        events.extend(handle.get_new_events())
+        return any(e.name == "new.txt" and e.type == FilesystemEventType.CREATE for e in events)
+
+    wait_until(arrived, what="a create event")
+    handle.stop()
+    with pytest.raises(NotFoundException):
+        e2b_sbx.files.watch_dir("/home/user/not-there")
+
+
+def test_watch_dir_streamed(e2b_env: object) -> None:
+    async def main() -> None:
+        sbx = await AsyncSandbox.create()
+        try:
+            await sbx.files.make_dir("/home/user/w")
+            seen: list[object] = []
+            handle = await sbx.files.watch_dir("/home/user/w", on_event=seen.append, include_entry=True)
+            await sbx.files.write("/home/user/w/f.txt", "x")
+            deadline = time.monotonic() + 10
+            while not any(getattr(e, "name", "") == "f.txt" for e in seen):
+                assert time.monotonic() < deadline, "no event for f.txt"
+                await asyncio.sleep(0.05)
+            await handle.stop()
+            r = await sbx.commands.run("echo async")
+            assert r.stdout == "async\n"
+        finally:
+            await sbx.kill()
+
+    asyncio.run(main())
+
+
+def test_file_urls_without_headers(e2b_sbx: Sandbox) -> None:
+    e2b_sbx.files.write("/home/user/shared.txt", "shared")
+    url = e2b_sbx.download_url("/home/user/shared.txt")
+    assert "signature=" in url
+    assert httpx.get(url).content == b"shared"
+    up = e2b_sbx.upload_url("/home/user/up.txt")
+    assert httpx.post(up, files={"file": ("/home/user/up.txt", b"uploaded")}).status_code == 200
+    assert e2b_sbx.files.read("/home/user/up.txt") == "uploaded"
+    expiring = e2b_sbx.download_url("/home/user/shared.txt", use_signature_expiration=60)
+    assert httpx.get(expiring).status_code == 200
+    assert httpx.get(url.replace("signature=v1_", "signature=v1_x")).status_code == 401
+    assert httpx.get(url.replace("shared.txt", "other.txt")).status_code == 401
+
+
+def test_list_paging_and_filters(e2b_env: object) -> None:
+    sandboxes = [Sandbox.create(metadata={"paging": "yes", "n": str(i)}) for i in range(3)]
+    try:
+        query = SandboxQuery(metadata={"paging": "yes"})
+        paginator = Sandbox.list(query=query, limit=2)
+        first = paginator.next_items()
+        assert len(first) == 2 and paginator.has_next
+        second = paginator.next_items()
+        assert len(second) == 1 and not paginator.has_next
+        assert {s.sandbox_id for s in first + second} == {s.sandbox_id for s in sandboxes}
+        assert Sandbox.list(query=SandboxQuery(metadata={"paging": "no"})).next_items() == []
+        from e2b import SandboxState
+
+        assert Sandbox.list(query=SandboxQuery(state=[SandboxState.PAUSED])).next_items() == []
+    finally:
+        for s in sandboxes:
+            s.kill()
+
+
+def test_timeout_really_expires(e2b_sbx: Sandbox) -> None:
+    e2b_sbx.set_timeout(2)
+    info = e2b_sbx.get_info()
+    assert (info.end_at - info.started_at).total_seconds() < 300
+    wait_until(lambda: not e2b_sbx.is_running(), timeout=15, what="the sandbox to expire")
+    with pytest.raises(SandboxException):
+        e2b_sbx.commands.run("true")
+    with pytest.raises(SandboxNotFoundException):
+        e2b_sbx.get_info()
+
+
+def test_connect_kill_and_missing(e2b_sbx: Sandbox) -> None:
+    again = Sandbox.connect(e2b_sbx.sandbox_id, timeout=600)
+    assert again.commands.run("echo connected").stdout == "connected\n"
+    assert (again.get_info().end_at - again.get_info().started_at).total_seconds() > 500
+    assert Sandbox.kill(e2b_sbx.sandbox_id) is True
+    assert not e2b_sbx.is_running()
+    assert Sandbox.kill(e2b_sbx.sandbox_id) is False
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.connect(e2b_sbx.sandbox_id)
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.get_info("doesnotexist")
+
+
+def test_pause_is_refused_cleanly(e2b_sbx: Sandbox) -> None:
+    with pytest.raises(SandboxException, match="not supported by corral") as exc:
+        e2b_sbx.pause()
+    assert getattr(exc.value, "status_code", None) == 501
+    with pytest.raises(SandboxException, match="not supported by corral"):
+        Sandbox.create(lifecycle={"on_timeout": "pause"})
+    assert e2b_sbx.is_running()
+    assert e2b_sbx.get_metrics() == []
+
+
+def test_wrong_api_key_is_refused(e2b_env: object) -> None:
+    with pytest.raises(AuthenticationException):
+        Sandbox.create(api_key="e2b_0000")
+    with pytest.raises(AuthenticationException):
+        Sandbox.list(api_key="e2b_0000").next_items()
+
+
+def test_unknown_template(e2b_env: object) -> None:
+    with pytest.raises(SandboxException, match="not built"):
+        Sandbox.create(template="no-such-template")
