@@ -41,3 +41,15 @@ def e2b_sbx(e2b_env: ServerProcess) -> Iterator[object]:
         yield sandbox
     finally:
         sandbox.kill()
+
+
+@pytest.fixture(scope="package", autouse=True)
+def no_compat_tracebacks(corral_server: ServerProcess) -> Iterator[None]:
+    """Every failure in the compat layer must be a clean error answer, never an unexpected
+    exception: after these tests, the server log has no traceback through compat/e2b."""
+    start = corral_server.log_path.stat().st_size if corral_server.log_path.exists() else 0
+    yield
+    with open(corral_server.log_path, "rb") as f:
+        f.seek(start)
+        log = f.read().decode(errors="replace")
+    assert "compat/e2b" not in log, f"unexpected errors in the E2B compat layer:\n{log[-6000:]}"

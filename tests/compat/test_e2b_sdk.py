@@ -55,6 +55,32 @@ def test_commands_foreground(e2b_sbx: Sandbox) -> None:
     assert exc.value.exit_code == 7 and exc.value.stdout == "before\n"
 
 
+def test_commands_output_edge_cases(e2b_sbx: Sandbox) -> None:
+    broken = e2b_sbx.commands.run("printf '%8191s\\xe2' | tr ' ' a")
+    assert broken.stdout == "a" * 8191 + "\ufffd"  # a broken UTF-8 tail is replaced, not lost
+    assert e2b_sbx.commands.run("echo '!@#$%^&*()_+'").stdout == "!@#$%^&*()_+\n"
+    assert e2b_sbx.commands.run("echo 'a\nb'").stdout == "a\nb\n"
+
+
+def test_sandbox_envs(e2b_env: object) -> None:
+    with Sandbox.create(envs={"FROM_SANDBOX": "yes"}) as sbx:
+        assert sbx.commands.run("echo $FROM_SANDBOX $X", envs={"X": "1"}).stdout == "yes 1\n"
+
+
+def test_kill_during_a_running_command(e2b_sbx: Sandbox) -> None:
+    handle = e2b_sbx.commands.run("sleep 60", background=True)
+    e2b_sbx.kill()
+    with pytest.raises(SandboxException, match="sandbox was killed or reached its end of life"):
+        handle.wait()
+
+
+def test_background_timeout_while_iterating(e2b_sbx: Sandbox) -> None:
+    handle = e2b_sbx.commands.run("sleep 10", timeout=2, background=True)
+    with pytest.raises(TimeoutException):
+        for _ in handle:
+            pass
+
+
 def test_commands_timeout_kills_the_command(e2b_sbx: Sandbox) -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutException):
@@ -89,6 +115,16 @@ def test_commands_stdin(e2b_sbx: Sandbox) -> None:
     e2b_sbx.commands.stream_input(streamed.pid, iter([b"a", b"b\n"]))
     streamed.close_stdin()
     assert streamed.wait().stdout == "ab\n"
+
+
+def test_pty_reconnect(e2b_sbx: Sandbox) -> None:
+    terminal = e2b_sbx.pty.create(PtySize(rows=24, cols=80), envs={"FOO": "bar"})
+    terminal.disconnect()
+    again = e2b_sbx.pty.connect(terminal.pid)
+    e2b_sbx.pty.send_stdin(terminal.pid, b"echo $FOO; exit\n")
+    output = bytearray()
+    result = again.wait(on_pty=output.extend)
+    assert again.pid == terminal.pid and result.exit_code == 0 and b"bar" in output
 
 
 def test_pty(e2b_sbx: Sandbox) -> None:
@@ -131,6 +167,57 @@ def test_files(e2b_sbx: Sandbox) -> None:
         e2b_sbx.files.write("/home/user/meta.txt", "x", metadata={"author": "me"})  # not supported: refused
 
 
+def test_entries_as_envd_reports_them(e2b_sbx: Sandbox) -> None:
+    from e2b import FileType
+
+    e2b_sbx.files.make_dir("tree/sub1/sub1_1")
+    e2b_sbx.files.make_dir("tree/sub2")
+    e2b_sbx.files.write("tree/file.txt", "Hello, World!")
+    listed = e2b_sbx.files.list("tree", depth=2)
+    assert [(e.name, e.path, e.type) for e in listed] == [
+        ("file.txt", "/home/user/tree/file.txt", FileType.FILE),
+        ("sub1", "/home/user/tree/sub1", FileType.DIR),
+        ("sub1_1", "/home/user/tree/sub1/sub1_1", FileType.DIR),
+        ("sub2", "/home/user/tree/sub2", FileType.DIR),
+    ]
+    f, d = listed[0], listed[1]
+    assert (f.mode, f.permissions, f.owner, f.group, f.size) == (0o644, "-rw-r--r--", "user", "user", 13)
+    assert (d.mode, d.permissions, d.size) == (0o755, "drwxr-xr-x", 0)
+    assert f.modified_time is not None and f.symlink_target is None
+    e2b_sbx.commands.run("ln -s tree/file.txt link")
+    link = e2b_sbx.files.get_info("link")
+    assert link.symlink_target == "tree/file.txt"
+
+
+def test_read_and_write_forms(e2b_sbx: Sandbox) -> None:
+    assert e2b_sbx.files.write_files([]) == []
+    infos = e2b_sbx.files.write_files([{"path": f"many/{i}.txt", "data": f"file {i}"} for i in range(5)])
+    assert [i.path for i in infos] == [f"/home/user/many/{i}.txt" for i in range(5)]
+    assert e2b_sbx.files.read("many/3.txt") == "file 3"
+    e2b_sbx.commands.run("touch empty.txt")
+    assert e2b_sbx.files.read("empty.txt") == ""
+    big = "streamed " * 20_000
+    e2b_sbx.files.write("big.txt", big)
+    stream = e2b_sbx.files.read("big.txt", format="stream")
+    assert b"".join(stream).decode() == big
+    partial = e2b_sbx.files.read("big.txt", format="stream")
+    assert len(next(iter(partial))) > 0
+    partial.close()
+    with pytest.raises(FileNotFoundException):
+        e2b_sbx.files.read("missing.txt", format="stream")
+    assert e2b_sbx.commands.run("pwd", cwd="many").stdout == "/home/user/many\n"
+
+
+def test_gzip_content_encoding(e2b_sbx: Sandbox) -> None:
+    info = e2b_sbx.files.write("gz.txt", "zipped", gzip=True)
+    assert info.path == "/home/user/gz.txt"
+    assert e2b_sbx.files.read("gz.txt") == "zipped"
+    assert e2b_sbx.files.read("gz.txt", gzip=True) == "zipped"
+    assert b"".join(e2b_sbx.files.read("gz.txt", format="stream", gzip=True)) == b"zipped"
+    infos = e2b_sbx.files.write_files([{"path": "g1.txt", "data": "1"}, {"path": "g2.txt", "data": "2"}], gzip=True)
+    assert len(infos) == 2 and e2b_sbx.files.read("g2.txt") == "2"
+
+
 def test_watch_dir_polled(e2b_sbx: Sandbox) -> None:
     e2b_sbx.files.make_dir("/home/user/w")
     handle = e2b_sbx.files.watch_dir("/home/user/w", recursive=True)
@@ -142,7 +229,13 @@ def test_watch_dir_polled(e2b_sbx: Sandbox) -> None:
         return any(e.name == "new.txt" and e.type == FilesystemEventType.CREATE for e in events)
 
     wait_until(arrived, what="a create event")
+    e2b_sbx.files.make_dir("/home/user/w/nested")
+    e2b_sbx.files.write("/home/user/w/nested/deep.txt", "y")
+    wait_until(lambda: arrived() and any(e.name == "nested/deep.txt" for e in events), what="a nested event")
     handle.stop()
+    e2b_sbx.files.write("/home/user/file-not-dir", "x")
+    with pytest.raises(SandboxException):
+        e2b_sbx.files.watch_dir("/home/user/file-not-dir")
     with pytest.raises(NotFoundException):
         e2b_sbx.files.watch_dir("/home/user/not-there")
 
@@ -178,6 +271,8 @@ def test_file_urls_without_headers(e2b_sbx: Sandbox) -> None:
     assert e2b_sbx.files.read("/home/user/up.txt") == "uploaded"
     expiring = e2b_sbx.download_url("/home/user/shared.txt", use_signature_expiration=60)
     assert httpx.get(expiring).status_code == 200
+    expired = httpx.get(e2b_sbx.download_url("/home/user/shared.txt", use_signature_expiration=-120))
+    assert expired.status_code == 401 and expired.json() == {"code": 401, "message": "signature is already expired"}
     assert httpx.get(url.replace("signature=v1_", "signature=v1_x")).status_code == 401
     assert httpx.get(url.replace("shared.txt", "other.txt")).status_code == 401
 

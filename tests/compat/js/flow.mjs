@@ -44,6 +44,34 @@ try {
   assert.equal(await sbx.files.exists('/home/user/js/moved.txt'), false)
   step('files')
 
+  await sbx.files.makeDir('/home/user/watched')
+  const seen = []
+  const watcher = await sbx.files.watchDir('/home/user/watched', (e) => seen.push(e), { recursive: true })
+  await sbx.files.write('/home/user/watched/w.txt', 'w')
+  const until = Date.now() + 10_000
+  while (!seen.some((e) => e.name === 'w.txt')) {
+    assert.ok(Date.now() < until, 'no watch event for w.txt')
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  await watcher.stop()
+  step('watchDir')
+
+  const chunks = []
+  const term = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => chunks.push(Buffer.from(d)) })
+  await sbx.pty.resize(term.pid, { cols: 100, rows: 30 })
+  await sbx.pty.sendInput(term.pid, new TextEncoder().encode('stty size; echo $((6*7)); exit\n'))
+  await term.wait()
+  const typed = Buffer.concat(chunks).toString()
+  assert.ok(typed.includes('30 100') && typed.includes('42'), typed)
+  step('pty')
+
+  const up = await sbx.uploadUrl('/home/user/uploaded.txt')
+  const form = new FormData()
+  form.append('file', new Blob(['via url']), '/home/user/uploaded.txt')
+  assert.equal((await fetch(up, { method: 'POST', body: form })).status, 200)
+  assert.equal(await sbx.files.read('/home/user/uploaded.txt'), 'via url')
+  step('upload url')
+
   const url = await sbx.downloadUrl('/home/user/.profile')
   const res = await fetch(url)
   assert.equal(res.status, 200)

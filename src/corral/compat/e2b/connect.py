@@ -213,7 +213,8 @@ async def _pump(messages: AsyncIterator[dict[str, Any]], receive: Any, send: Any
         watcher.cancel()
         if not sender.done():
             sender.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        # Both done before the caller closes the message generator (which the sender iterated).
+        await asyncio.gather(watcher, sender, return_exceptions=True)
     if sender.cancelled():
         raise ConnectError("canceled", "the client went away")
     sender.result()

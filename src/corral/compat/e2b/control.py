@@ -24,6 +24,7 @@ from ...schema import CreateSandbox
 from ...templates import list_templates
 from .asgi import Scope, json_object, read_body, send_empty, send_json, str_map
 from .envd import ENVD_VERSION, access_token
+from .live import running
 
 # E2B's template names and corral's.
 TEMPLATES = {"base": "base", "code-interpreter-v1": "code-interpreter"}
@@ -201,10 +202,10 @@ class Control:
     # ------------------------------------------------------------------ rendering
 
     def _live(self, sid: str) -> SandboxRecord:
-        lv = self.m.live.get(sid)
-        if lv is None or lv.ending:
+        rec = running(self.m, sid)
+        if rec is None:
             raise E2BError(404, f"sandbox {sid} not found")
-        return lv.record
+        return rec
 
     def _sandbox(self, rec: SandboxRecord, template: str | None = None) -> dict[str, Any]:
         name = template or E2B_NAMES.get(rec.template, rec.template)

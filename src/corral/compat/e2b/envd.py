@@ -13,8 +13,9 @@ from ... import errors
 from ...manager import Manager
 from . import connect
 from .asgi import Scope, headers_of, send_empty, send_json
-from .files import FilesHandler, query_of, signature_matches
+from .files import EXPIRED, FilesHandler, check_signature, query_of
 from .filesystem import FilesystemService
+from .live import running
 from .process import ProcessService, user_from
 
 # The envd version the SDKs are told: every feature they gate on (up to 0.6.4) is served, except
@@ -47,8 +48,7 @@ class Envd:
     async def __call__(self, sandbox_id: str, scope: Scope, receive: Any, send: Any) -> None:
         path, method = scope["path"], scope["method"]
         headers = headers_of(scope)
-        lv = self.m.live.get(sandbox_id)
-        if lv is None or lv.ending:
+        if running(self.m, sandbox_id) is None:
             return await send_json(send, *sandbox_gone(sandbox_id))
         token = access_token(self.m, sandbox_id)
         # SECURITY: constant-time comparison of the sandbox's token.
@@ -56,7 +56,10 @@ class Envd:
         if path == "/health":
             return await send_empty(send, 204)
         if path == "/files":
-            if not authorized and not signature_matches(query_of(scope), method, token):
+            signed = "invalid" if authorized else check_signature(query_of(scope), method, token)
+            if signed == "expired":
+                return await send_json(send, 401, EXPIRED)
+            if not authorized and signed != "ok":
                 return await send_json(send, 401, {"code": 401, "message": UNAUTHORIZED})
             return await self.files(sandbox_id, scope, receive, send)
         rpc = self.rpc.get(path)

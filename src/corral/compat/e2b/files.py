@@ -35,22 +35,26 @@ def query_of(scope: Scope) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
 
 
-def signature_matches(query: dict[str, str], method: str, token: str) -> bool:
-    """Whether the query's signature grants ``method`` on its path with this sandbox's token
-    (and has not expired)."""
+def check_signature(query: dict[str, str], method: str, token: str) -> str:
+    """``"ok"`` if the query's signature grants ``method`` on its path with this sandbox's token,
+    ``"expired"`` if it did until its expiry passed, else ``"invalid"``."""
     given = query.get("signature")
     if not given or method not in OPS:
-        return False
+        return "invalid"
     expiration: int | None = None
     if query.get("signature_expiration"):
         try:
             expiration = int(query["signature_expiration"])
         except ValueError:
-            return False
+            return "invalid"
     expected = signature(query.get("path", ""), OPS[method], query.get("username", ""), token, expiration)
     # SECURITY: constant-time comparison; an expired URL grants nothing.
-    ok = hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape"))
-    return ok and (expiration is None or expiration >= time.time())
+    if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape")):
+        return "invalid"
+    return "ok" if expiration is None or expiration >= time.time() else "expired"
+
+
+EXPIRED = {"code": 401, "message": "signature is already expired"}
 
 
 class FilesHandler:

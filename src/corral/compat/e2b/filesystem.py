@@ -17,6 +17,7 @@ from typing import Any
 from ... import errors
 from ...manager import Manager
 from .connect import Call, ConnectError, Method, with_keepalives
+from .live import running_ids
 
 FILE_TYPES = {"file": "FILE_TYPE_FILE", "dir": "FILE_TYPE_DIRECTORY", "symlink": "FILE_TYPE_SYMLINK"}
 MODE_CHAR = {"file": "-", "dir": "d", "symlink": "L"}
@@ -28,11 +29,12 @@ MAX_DEPTH = 32
 
 
 def entry(info: dict[str, Any]) -> dict[str, Any]:
-    """corral's EntryInfo as envd's (proto3 JSON: int64 size as a string, enums by name)."""
+    """corral's EntryInfo as envd's (proto3 JSON: int64 size as a string, enums by name; a
+    directory's size is 0, as envd reports it)."""
     kind = info.get("type", "file")
     out: dict[str, Any] = {
         "name": info["name"], "type": FILE_TYPES.get(kind, "FILE_TYPE_UNSPECIFIED"), "path": info["path"],
-        "size": str(info.get("size", 0)), "mode": int(info.get("mode", 0)),
+        "size": str(info.get("size", 0) if kind != "dir" else 0), "mode": int(info.get("mode", 0)),
         "permissions": MODE_CHAR.get(kind, "-") + info.get("permissions", ""),
         "owner": info.get("owner", ""), "group": info.get("group", ""), "modifiedTime": info.get("modified_time"),
     }
@@ -199,8 +201,9 @@ class FilesystemService:
         return watcher
 
     def _forget_ended(self) -> None:
+        live = set(running_ids(self.m))
         for wid, w in list(self.watchers.items()):
-            if w.sandbox_id not in self.m.live:
+            if w.sandbox_id not in live:
                 if w.task is not None:
                     w.task.cancel()
                 del self.watchers[wid]

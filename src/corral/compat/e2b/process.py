@@ -17,6 +17,8 @@ from ... import errors
 from ...manager import Manager
 from ...schema import _check_envs
 from .connect import Call, ConnectError, Method, with_keepalives
+from .filesystem import absolute
+from .live import running_ids
 
 SIGNALS = {"SIGNAL_SIGTERM": signals.SIGTERM, "SIGNAL_SIGKILL": signals.SIGKILL, 15: signals.SIGTERM,
            9: signals.SIGKILL}
@@ -68,12 +70,13 @@ class ProcessService:
         if pty is not None:
             stdin = True
         events = await self.m.start_process(
-            call.sandbox_id, cmd, args, envs=envs, cwd=cwd or None, user=call.user, timeout=call.timeout,
+            call.sandbox_id, cmd, args, envs=envs, cwd=absolute(cwd, call.user) if cwd else None, user=call.user, timeout=call.timeout,
             stdin=bool(stdin), tag=tag, pty=pty,
         )
         on_start = None
         if pty is not None:
-            for gone in [s for s in self.ptys if s not in self.m.live]:
+            live = set(running_ids(self.m))
+            for gone in [s for s in self.ptys if s not in live]:
                 del self.ptys[gone]
             on_start = self.ptys.setdefault(call.sandbox_id, set()).add
         return with_keepalives(_process_events(events, pty is not None, on_start), call.keepalive, KEEPALIVE)

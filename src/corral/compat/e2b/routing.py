@@ -23,7 +23,8 @@ from . import interpreter
 from .asgi import Scope, headers_of, send_json
 from .control import Control
 from .envd import UNAUTHORIZED, Envd, access_token, sandbox_gone
-from .files import query_of, signature_matches
+from .files import EXPIRED, check_signature, query_of
+from .live import running, running_ids
 
 ENVD_PORT, INTERPRETER_PORT = 49983, 49999
 ENVD_RPC_PREFIXES = ("/process.Process/", "/filesystem.Filesystem/")
@@ -85,8 +86,7 @@ class E2BCompat:
 
     async def _sandbox(self, sandbox_id: str, port: str, scope: Scope, receive: Any, send: Any) -> None:
         manager, _, envd = self._services(scope)
-        lv = manager.live.get(sandbox_id) if SANDBOX_ID.fullmatch(sandbox_id) else None
-        if lv is None or lv.ending:
+        if not SANDBOX_ID.fullmatch(sandbox_id) or running(manager, sandbox_id) is None:
             return await send_json(send, *sandbox_gone(sandbox_id))
         if port == str(ENVD_PORT):
             return await envd(sandbox_id, scope, receive, send)
@@ -100,16 +100,19 @@ class E2BCompat:
         """A presigned /files URL: the sandbox is the one whose token made its signature."""
         manager, _, envd = self._services(scope)
         query = query_of(scope)
-        for sandbox_id, lv in list(manager.live.items()):
-            if not lv.ending and signature_matches(query, scope["method"], access_token(manager, sandbox_id)):
+        for sandbox_id in running_ids(manager):
+            signed = check_signature(query, scope["method"], access_token(manager, sandbox_id))
+            if signed == "ok":
                 return await envd(sandbox_id, scope, receive, send)
-        await send_json(send, 401, {"code": 401, "message": "invalid or expired file URL signature"})
+            if signed == "expired":
+                return await send_json(send, 401, EXPIRED)
+        await send_json(send, 401, {"code": 401, "message": "invalid file URL signature (or its sandbox is gone)"})
 
     async def _by_token(self, token: str, scope: Scope, receive: Any, send: Any) -> None:
         manager, _, envd = self._services(scope)
-        for sandbox_id, lv in list(manager.live.items()):
+        for sandbox_id in running_ids(manager):
             # SECURITY: constant-time comparison with each sandbox's token.
-            if not lv.ending and hmac.compare_digest(token.encode(), access_token(manager, sandbox_id).encode()):
+            if hmac.compare_digest(token.encode(), access_token(manager, sandbox_id).encode()):
                 return await envd(sandbox_id, scope, receive, send)
         await send_json(send, 401, {"code": "unauthenticated", "message": UNAUTHORIZED})
 
