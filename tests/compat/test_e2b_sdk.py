@@ -98,6 +98,8 @@ def test_commands_background_list_connect_kill(e2b_sbx: Sandbox) -> None:
     assert again.pid == handle.pid
     assert e2b_sbx.commands.kill(handle.pid) is True
     with pytest.raises(CommandExitException):
+        e2b_sbx.commands.run(f"kill -0 {handle.pid}")  # gone at once, as in E2B's own tests
+    with pytest.raises(CommandExitException):
         handle.wait()
     wait_until(lambda: all(p.pid != handle.pid for p in e2b_sbx.commands.list()), what="the killed command gone")
     assert e2b_sbx.commands.kill(handle.pid) is False

@@ -171,7 +171,8 @@ def test_ports_and_unknown_sandboxes(corral_server: ServerProcess, created: dict
     r = httpx.post(url + "/execute", json={"code": "1+1"}, headers=envd_headers(created, port=49999))
     assert r.status_code == 501 and "code interpreter" in r.json()["message"]
     r = httpx.get(url + "/", headers=envd_headers(created, port=8080))
-    assert r.status_code == 502 and "port 8080" in r.json()["message"]
+    assert r.status_code == 502 and "port is not open" in r.json()["message"] and "port 8080" in r.json()["message"]
+    assert r.json()["port"] == 8080 and r.json()["sandboxId"] == created["sandboxID"]
     for sid in ("doesnotexist", "../etc", "UPPER"):
         r = httpx.get(url + "/health", headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983"})
         assert r.status_code == 502 and "was not found" in r.json()["message"]

@@ -92,9 +92,12 @@ class E2BCompat:
             return await envd(sandbox_id, scope, receive, send)
         if port == str(INTERPRETER_PORT):
             return await interpreter.serve(manager, sandbox_id, scope, receive, send)
-        message = (f"port {port[:8]} of sandbox {sandbox_id} is not reachable through corral: only ports "
-                   f"{ENVD_PORT} (envd) and {INTERPRETER_PORT} (code interpreter) are served")
-        await send_json(send, 502, {"code": 502, "message": message, "sandboxId": sandbox_id, "port": port[:8]})
+        # E2B's proxy answer for a closed port (the SDK reads "port is not open"), saying why.
+        message = (f"The sandbox is running but port is not open: corral does not forward sandbox port "
+                   f"{port[:8]} (only {ENVD_PORT}, envd, and {INTERPRETER_PORT}, the code interpreter)")
+        body = {"code": 502, "message": message, "sandboxId": sandbox_id,
+                "port": int(port) if port.isdigit() and len(port) <= 5 else port[:8]}
+        await send_json(send, 502, body)
 
     async def _presigned(self, scope: Scope, receive: Any, send: Any) -> None:
         """A presigned /files URL: the sandbox is the one whose token made its signature."""
