@@ -342,3 +342,34 @@ def test_wrong_api_key_is_refused(e2b_env: object) -> None:
 def test_unknown_template(e2b_env: object) -> None:
     with pytest.raises(SandboxException, match="not built"):
         Sandbox.create(template="no-such-template")
+
+
+def test_async_sdk(e2b_env: object) -> None:
+    from e2b import AsyncSandbox
+
+    async def main() -> None:
+        sbx = await AsyncSandbox.create(metadata={"suite": "async"})
+        try:
+            r = await sbx.commands.run("echo $((1+2))")
+            assert r.stdout == "3\n"
+            handle = await sbx.commands.run("cat", background=True, stdin=True)
+            await sbx.commands.send_stdin(handle.pid, "typed\n")
+            await sbx.commands.close_stdin(handle.pid)
+            assert (await handle.wait()).stdout == "typed\n"
+            await sbx.files.write("/home/user/async.txt", "async")
+            assert await sbx.files.read("/home/user/async.txt") == "async"
+            assert "async.txt" in [e.name for e in await sbx.files.list("/home/user")]
+            out = bytearray()
+            term = await sbx.pty.create(PtySize(rows=24, cols=80), on_data=out.extend)
+            await sbx.pty.send_stdin(term.pid, b"echo $((7*6)); exit\n")
+            await term.wait()
+            assert b"42" in out
+            info = await sbx.get_info()
+            assert info.metadata == {"suite": "async"}
+            with pytest.raises(CommandExitException):
+                await sbx.commands.run("false")
+        finally:
+            await sbx.kill()
+        assert not await sbx.is_running()
+
+    asyncio.run(main())
