@@ -3,15 +3,28 @@
 Not served yet: corral's code interpreter (Jupyter kernels in the ``code-interpreter`` template,
 reached through the agent) is being built separately, and its in-sandbox server will emit the
 E2B ``/execute`` NDJSON lines. Until it is wired in here, every call answers 501 with a JSON
-body saying so. The routing layer has already checked that the sandbox runs.
+body saying so.
+
+For whoever wires it in: ``serve`` is called only for a running sandbox, and nothing has been
+authenticated yet. The e2b SDKs send ``X-Access-Token`` on ``/execute`` only (never on
+``/contexts``), so ``/execute`` must check it with ``has_access_token``.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from ...manager import Manager
-from .asgi import Scope, send_json
+from .asgi import Scope, headers_of, send_json
+from .envd import access_token
+
+
+def has_access_token(manager: Manager, sandbox_id: str, scope: Scope) -> bool:
+    """Whether the request carries the sandbox's access token (``X-Access-Token``)."""
+    given = headers_of(scope).get("x-access-token", "")
+    # SECURITY: constant-time comparison of the sandbox's token.
+    return hmac.compare_digest(given.encode(), access_token(manager, sandbox_id).encode())
 
 
 async def serve(manager: Manager, sandbox_id: str, scope: Scope, receive: Any, send: Any) -> None:
