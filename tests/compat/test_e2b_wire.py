@@ -243,3 +243,24 @@ def test_host_name_routing_over_tls(tls_server: tuple[ServerProcess, Path]) -> N
         finally:
             c.delete(f"/sandboxes/{sbx['sandboxID']}")
         wait_until(lambda: c.get(f"/v1/sandboxes/{sbx['sandboxID']}").json()["state"] == "killed")
+
+
+def test_keepalives_and_processes_outliving_their_stream(corral_server: ServerProcess, created: dict) -> None:
+    url = corral_server.url + "/process.Process/"
+    stream_headers = {**envd_headers(created), "Content-Type": "application/connect+json", "Keepalive-Ping-Interval": "1"}
+    body = envelope({"process": {"cmd": "/bin/bash", "args": ["-c", "sleep 2.5; echo done"]}, "stdin": False})
+    frames = parse_envelopes(httpx.post(url + "Start", content=body, headers=stream_headers, timeout=30).content)
+    assert (0, {"event": {"keepalive": {}}}) in frames  # after each second of silence
+    assert frames[-2][1]["event"]["end"]["exited"] is True and frames[-1] == (2, {})
+    # A client that goes away leaves its process running (as envd does); it can be re-attached.
+    body = envelope({"process": {"cmd": "/bin/bash", "args": ["-c", "sleep 3; echo late"]}, "tag": "t1"})
+    with httpx.stream("POST", url + "Start", content=body, headers=stream_headers, timeout=30) as r:
+        first = next(r.iter_bytes())
+    pid = parse_envelopes(first[: 5 + struct.unpack(">I", first[1:5])[0]])[0][1]["event"]["start"]["pid"]
+    listed = httpx.post(url + "List", json={}, headers=envd_headers(created)).json()["processes"]
+    assert any(p["pid"] == pid and p["tag"] == "t1" for p in listed)
+    again = httpx.post(url + "Connect", content=envelope({"process": {"tag": "t1"}}),
+                       headers={**envd_headers(created), "Content-Type": "application/connect+json"}, timeout=30)
+    frames = parse_envelopes(again.content)
+    assert frames[0][1] == {"event": {"start": {"pid": pid}}}
+    assert (0, {"event": {"data": {"stdout": "bGF0ZQo="}}}) in frames  # "late\n"
