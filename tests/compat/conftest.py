@@ -3,8 +3,12 @@ corral server by their own environment variables, nothing else."""
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from helpers import ServerProcess
@@ -53,3 +57,36 @@ def no_compat_tracebacks(corral_server: ServerProcess) -> Iterator[None]:
         f.seek(start)
         log = f.read().decode(errors="replace")
     assert "compat/e2b" not in log, f"unexpected errors in the E2B compat layer:\n{log[-6000:]}"
+
+
+@pytest.fixture(scope="package")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    """A corral server with a certificate for *.corral.test (its own, made here) and that domain."""
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=corral.test",
+         "-addext", "subjectAltName=DNS:*.corral.test,DNS:corral.test,IP:127.0.0.1",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+        check=True, capture_output=True,
+    )
+    server = ServerProcess(pool_size=0, extra_env={
+        "CORRAL_TLS_CERT_FILE": str(d / "cert.pem"), "CORRAL_TLS_KEY_FILE": str(d / "key.pem"),
+        "CORRAL_E2B_DOMAIN": "corral.test"})
+    server.url = server.url.replace("http://", "https://")
+    server._healthy = lambda: _healthy_tls(server, d / "cert.pem")  # type: ignore[method-assign]
+    server.start()
+    try:
+        yield server, d / "cert.pem"
+    finally:
+        server.stop()
+        server.remove_dirs()
+
+
+def _healthy_tls(server: ServerProcess, cert: Path) -> bool:
+    assert server.proc is not None
+    if server.proc.poll() is not None:
+        raise AssertionError(f"server exited:\n{server.log_tail()}")
+    try:
+        return httpx.get(server.url + "/health", verify=ssl.create_default_context(cafile=cert), timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

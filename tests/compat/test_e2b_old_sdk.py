@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, ServerProcess
 
 pytestmark = pytest.mark.privileged
 
@@ -22,4 +22,21 @@ def test_older_python_sdk(e2b_vars: dict[str, str]) -> None:
     script = Path(__file__).with_name("old_sdk_flow.py")
     p = subprocess.run([str(OLD_PYTHON), str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, f"{p.stdout}\n{p.stderr[-4000:]}"
+    assert p.stdout.splitlines()[-1] == "ok kill"
+
+
+@pytest.mark.skipif(not OLD_PYTHON.exists(), reason="run `make e2b-sdks` for the older e2b SDK's venv")
+def test_older_python_sdk_by_host_names_over_tls(tls_server: tuple[ServerProcess, Path]) -> None:
+    """Only E2B_DOMAIN: the SDK reaches https://api.corral.test and https://49983-<id>.corral.test,
+    which a test-only resolver (tests/compat/resolve) sends to the TLS server, as wildcard DNS would."""
+    server, cert = tls_server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2B_")}
+    env.update(
+        E2B_API_KEY=server.api_key, E2B_DOMAIN="corral.test", SSL_CERT_FILE=str(cert),
+        CORRAL_TEST_RESOLVE=f"corral.test=127.0.0.1:{server.port}",
+        PYTHONPATH=str(Path(__file__).with_name("resolve")),
+    )
+    script = Path(__file__).with_name("old_sdk_flow.py")
+    p = subprocess.run([str(OLD_PYTHON), str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f"{p.stdout}\n{p.stderr[-4000:]}\n{server.log_tail()}"
     assert p.stdout.splitlines()[-1] == "ok kill"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import ssl
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,39 +190,6 @@ def test_host_name_routing(corral_server: ServerProcess, created: dict) -> None:
     assert r.status_code == 501
     r = httpx.get(corral_server.url + "/", headers={"Host": f"3000-{sid}.corral.invalid"})
     assert r.status_code == 502 and "port 3000" in r.json()["message"]
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
-    """A corral server with a certificate for *.corral.test (its own, made here) and that domain."""
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=corral.test",
-         "-addext", "subjectAltName=DNS:*.corral.test,DNS:corral.test,IP:127.0.0.1",
-         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-        check=True, capture_output=True,
-    )
-    server = ServerProcess(pool_size=0, extra_env={
-        "CORRAL_TLS_CERT_FILE": str(d / "cert.pem"), "CORRAL_TLS_KEY_FILE": str(d / "key.pem"),
-        "CORRAL_E2B_DOMAIN": "corral.test"})
-    server.url = server.url.replace("http://", "https://")
-    server._healthy = lambda: _healthy_tls(server, d / "cert.pem")  # type: ignore[method-assign]
-    server.start()
-    try:
-        yield server, d / "cert.pem"
-    finally:
-        server.stop()
-        server.remove_dirs()
-
-
-def _healthy_tls(server: ServerProcess, cert: Path) -> bool:
-    assert server.proc is not None
-    if server.proc.poll() is not None:
-        raise AssertionError(f"server exited:\n{server.log_tail()}")
-    try:
-        return httpx.get(server.url + "/health", verify=ssl.create_default_context(cafile=cert), timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_host_name_routing_over_tls(tls_server: tuple[ServerProcess, Path]) -> None:
