@@ -165,8 +165,9 @@ def test_files(e2b_sbx: Sandbox) -> None:
         e2b_sbx.files.read("/home/user/missing.txt")
     with pytest.raises(InvalidArgumentException):
         e2b_sbx.files.list("/home/user/dir/b.bin")
-    with pytest.raises(SandboxException):
-        e2b_sbx.files.write("/home/user/meta.txt", "x", metadata={"author": "me"})  # not supported: refused
+    with pytest.raises(SandboxException, match=r"metadata .* not supported by corral"):
+        e2b_sbx.files.write("/home/user/meta.txt", "x", metadata={"author": "me"})
+    assert not e2b_sbx.files.exists("/home/user/meta.txt")
 
 
 def test_entries_as_envd_reports_them(e2b_sbx: Sandbox) -> None:
@@ -329,7 +330,20 @@ def test_pause_is_refused_cleanly(e2b_sbx: Sandbox) -> None:
     with pytest.raises(SandboxException, match="not supported by corral"):
         Sandbox.create(lifecycle={"on_timeout": "pause"})
     assert e2b_sbx.is_running()
-    assert e2b_sbx.get_metrics() == []
+
+
+def test_metrics(e2b_sbx: Sandbox) -> None:
+    before = e2b_sbx.get_metrics()
+    assert len(before) == 1
+    m = before[0]
+    assert m.cpu_count == 1 and 0 <= m.cpu_used_pct <= 100
+    assert 0 < m.mem_used <= m.mem_total and m.mem_cache >= 0
+    assert 0 <= m.disk_used < m.disk_total <= 1100 * 2**20  # the 1 GiB writable layer
+    e2b_sbx.commands.run("head -c 20000000 /dev/zero > /tmp/fill; timeout 1 sh -c 'while :; do :; done' || true")
+    after = e2b_sbx.get_metrics()[0]
+    assert after.disk_used >= m.disk_used + 19_000_000
+    assert after.cpu_used_pct > 10  # a second of busy loop since the previous sample
+    assert e2b_sbx.get_metrics(end=m.timestamp.replace(year=2000)) == []
 
 
 def test_wrong_api_key_is_refused(e2b_env: object) -> None:

@@ -36,6 +36,18 @@ class SandboxHandle:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What a sandbox uses at one moment."""
+
+    cpu_seconds: float  # CPU time (user + system) of the processes it has now
+    memory_used: int  # bytes charged to it (its writable layer's pages included)
+    memory_cache: int  # of which page cache
+    memory_limit: int
+    disk_used: int  # bytes in its writable layer
+    disk_total: int
+
+
+@dataclass(frozen=True)
 class Probe:
     ok: bool
     reason: str = ""
@@ -69,6 +81,10 @@ class Backend:
         raise NotImplementedError
 
     def handle_from_state(self, sandbox_id: str, state: dict[str, Any]) -> SandboxHandle:
+        raise NotImplementedError
+
+    async def usage(self, handle: SandboxHandle) -> Usage:
+        """CPU, memory and disk use of a running sandbox, read from the host (not from inside)."""
         raise NotImplementedError
 
     async def wait_exit(self, handle: SandboxHandle) -> None:

@@ -50,6 +50,7 @@ class Live:
     watcher: asyncio.Task[None] | None = None
     ending: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    cpu_sample: tuple[float, float] | None = None  # (time, CPU seconds) at the last usage() call
 
 
 class Manager:
@@ -192,6 +193,22 @@ class Manager:
         self._schedule_deadline(lv)
         self.store.add_event(sandbox_id, "timeout_set", timeout=timeout)
         return lv.record
+
+    async def usage(self, sandbox_id: str) -> dict[str, Any]:
+        """What a running sandbox uses now: CPU (percent of its quota since the previous call, or
+        since it started), memory and disk in bytes."""
+        lv = self._running(sandbox_id)
+        u = await self.backend.usage(lv.handle)
+        now = time.time()
+        since, cpu_before = lv.cpu_sample or (lv.record.created_at, 0.0)
+        lv.cpu_sample = (now, u.cpu_seconds)
+        # Processes that exited since take their CPU time with them: never below zero.
+        pct = max(0.0, u.cpu_seconds - cpu_before) / max(now - since, 1e-3) / lv.record.cpu_count * 100
+        return {
+            "time": now, "cpu_count": lv.record.cpu_count, "cpu_used_pct": round(min(pct, 100.0), 2),
+            "memory_used": u.memory_used, "memory_cache": u.memory_cache, "memory_limit": u.memory_limit,
+            "disk_used": u.disk_used, "disk_total": u.disk_total,
+        }
 
     async def kill(self, sandbox_id: str) -> None:
         lv = self.live.get(sandbox_id)

@@ -164,6 +164,19 @@ class SandboxCgroup:
             return []
         return [int(p) for p in text.split()]
 
+    def memory(self) -> tuple[int, int, int]:
+        """(bytes used, of which page cache, limit) of the sandbox's memory cgroup."""
+        if self.version == 2:
+            d = self.dirs[0]
+            used, limit_name, cache_key = int((d / "memory.current").read_text()), "memory.max", "file"
+        else:
+            d = self.root / "memory" / GROUP / self.sandbox_id
+            used, limit_name, cache_key = int((d / "memory.usage_in_bytes").read_text()), "memory.limit_in_bytes", "cache"
+        raw = (d / limit_name).read_text().strip()
+        limit = int(raw) if raw.isdigit() else 0
+        stat = dict(line.split() for line in (d / "memory.stat").read_text().splitlines() if line.count(" ") == 1)
+        return used, int(stat.get(cache_key, 0)), limit
+
     def exists(self) -> bool:
         return any(d.exists() for d in self.dirs)
 

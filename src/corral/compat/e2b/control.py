@@ -167,8 +167,25 @@ class Control:
         await send_empty(send)
 
     async def metrics(self, scope: Scope, receive: Any, send: Any, sid: str) -> None:
+        """One sample, taken now (corral keeps no history): empty if ``start``/``end`` exclude now."""
         self._live(sid)
-        await send_json(send, 200, [])  # corral keeps no resource samples yet
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        bounds = []
+        for key in ("start", "end"):
+            raw = _one(query, key)
+            if raw is not None and not raw.isdigit():
+                raise E2BError(400, f"{key} must be a unix time in seconds")
+            bounds.append(int(raw) if raw else None)
+        u = await self.m.usage(sid)
+        now = int(u["time"])
+        if (bounds[0] is not None and now < bounds[0]) or (bounds[1] is not None and now > bounds[1]):
+            return await send_json(send, 200, [])
+        sample = {
+            "timestamp": rfc3339(u["time"]), "timestampUnix": now, "cpuCount": max(1, round(u["cpu_count"])),
+            "cpuUsedPct": u["cpu_used_pct"], "memUsed": u["memory_used"], "memTotal": u["memory_limit"],
+            "memCache": u["memory_cache"], "diskUsed": u["disk_used"], "diskTotal": u["disk_total"],
+        }
+        await send_json(send, 200, [sample])
 
     async def pause(self, scope: Scope, receive: Any, send: Any, sid: str) -> None:
         self._live(sid)

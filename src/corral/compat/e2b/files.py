@@ -97,7 +97,8 @@ class FilesHandler:
     ) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if any(k.startswith("x-metadata-") for k in headers):
-            raise errors.InvalidRequestError("file metadata (X-Metadata-* headers) is not supported by corral")
+            message = "file metadata (X-Metadata-* headers) is not supported by corral"
+            return await send_json(send, 501, {"code": 501, "message": message})
         body = body_chunks(receive)
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":
