@@ -58,7 +58,7 @@ class E2BCompat:
             port = headers.get("e2b-sandbox-port", str(ENVD_PORT))
             return lambda s, r, w: self._sandbox(sandbox_id, port, s, r, w)
         host = self._host_route(headers.get("host", ""))
-        if host is not None:
+        if host is not None and (self.domain is not None or self._known(scope, host[1])):
             return lambda s, r, w: self._sandbox(host[1], host[0], s, r, w)
         if path == "/files" and b"signature=" in scope.get("query_string", b""):
             return self._presigned
@@ -70,13 +70,23 @@ class E2BCompat:
 
     def _host_route(self, host: str) -> tuple[str, str] | None:
         """(port, sandbox id) of a ``<port>-<sandboxID>.<domain>`` host name (any domain when corral
-        was not told its E2B domain)."""
+        was not told its E2B domain, then only for ids of sandboxes it has had)."""
         name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
         label, dot, domain = name.partition(".")
         if not dot or (self.domain is not None and domain != self.domain):
             return None
         m = HOST_LABEL.fullmatch(label)
         return None if m is None else (m["port"], m["sid"])
+
+    def _known(self, scope: Scope, sandbox_id: str) -> bool:
+        """Whether a sandbox of that id ever existed here: without a configured domain, a host
+        name that merely looks like ``<port>-<id>.<domain>`` stays corral's own API's."""
+        manager, _, _ = self._services(scope)
+        try:
+            manager.get(sandbox_id)
+        except errors.NotFoundError:
+            return False
+        return True
 
     def _services(self, scope: Scope) -> tuple[Manager, Control, Envd]:
         manager: Manager = scope["app"].state.manager
