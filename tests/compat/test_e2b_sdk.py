@@ -358,6 +358,25 @@ def test_unknown_template(e2b_env: object) -> None:
         Sandbox.create(template="no-such-template")
 
 
+def test_code_interpreter_template_name_maps_to_corrals(e2b_env: object) -> None:
+    try:
+        sbx = Sandbox.create(template="code-interpreter-v1")
+    except SandboxException as e:  # corral's code-interpreter template is not built on this machine
+        assert "'code-interpreter' is not built" in str(e)
+        return
+    try:
+        assert sbx.get_info().template_id == "code-interpreter-v1"
+    finally:
+        sbx.kill()
+
+
+def test_internet_switch_and_limits(e2b_env: object) -> None:
+    with Sandbox.create(allow_internet_access=False, timeout=120) as sbx:
+        info = sbx.get_info()
+        assert info.allow_internet_access is False and info.cpu_count == 1 and info.memory_mb == 512
+        assert 100 <= (info.end_at - info.started_at).total_seconds() <= 125
+
+
 def test_async_sdk(e2b_env: object) -> None:
     from e2b import AsyncSandbox
 
