@@ -485,6 +485,24 @@ def test_forked_child_holding_the_pipes_does_not_hang_the_end(agent: Agent) -> N
 
 
 # --------------------------------------------------------------------------- files
+def test_file_metadata_in_xattrs(agent: Agent, shared_dir: Path) -> None:
+    async def main() -> None:
+        c = agent.client
+        path = f"{shared_dir}/meta/m.txt"
+        info = await c.write_file(path, "root", b"m", metadata={"Author": "me", "v": "1"})
+        assert info["metadata"] == {"author": "me", "v": "1"}
+        assert os.getxattr(path, "user.e2b.author") == b"me"
+        info = await c.write_file(path, "root", b"n", metadata={"v": "2"})  # replaced
+        assert info["metadata"] == {"v": "2"}
+        assert "metadata" not in await c.write_file(f"{shared_dir}/meta/plain", "root", b"")
+        assert (await c.stat(path, "root"))["metadata"] == {"v": "2"}
+        for bad in ({"a b": "x"}, {"k": 5}, {"": "x"}):
+            with pytest.raises(InvalidRequestError):
+                await c.write_file(path, "root", b"x", metadata=bad)  # type: ignore[arg-type]
+
+    run(main())
+
+
 def test_file_operations(agent: Agent, shared_dir: Path) -> None:
     async def main() -> None:
         c = agent.client

@@ -165,9 +165,23 @@ def test_files(e2b_sbx: Sandbox) -> None:
         e2b_sbx.files.read("/home/user/missing.txt")
     with pytest.raises(InvalidArgumentException):
         e2b_sbx.files.list("/home/user/dir/b.bin")
-    with pytest.raises(SandboxException, match=r"metadata .* not supported by corral"):
-        e2b_sbx.files.write("/home/user/meta.txt", "x", metadata={"author": "me"})
-    assert not e2b_sbx.files.exists("/home/user/meta.txt")
+
+
+
+def test_file_metadata(e2b_sbx: Sandbox) -> None:
+    written = e2b_sbx.files.write("meta.txt", "x", metadata={"Author": "me", "kind": "note"})
+    assert written.path == "/home/user/meta.txt"
+    assert e2b_sbx.files.get_info("meta.txt").metadata == {"author": "me", "kind": "note"}
+    e2b_sbx.files.write("meta.txt", "y", metadata={"kind": "draft"})  # replaces the metadata
+    assert e2b_sbx.files.get_info("meta.txt").metadata == {"kind": "draft"}
+    e2b_sbx.files.write("meta.txt", "z")  # no metadata given: kept
+    assert e2b_sbx.files.get_info("meta.txt").metadata == {"kind": "draft"}
+    # The same extended attributes as E2B's envd: set inside, seen through the API.
+    e2b_sbx.commands.run("python3 -c \"import os; os.setxattr('other.txt' if open('other.txt','w') else '', "
+                         "'user.e2b.origin', b'inside')\"")
+    assert [e.metadata for e in e2b_sbx.files.list("/home/user") if e.name == "other.txt"] == [{"origin": "inside"}]
+    with pytest.raises(InvalidArgumentException):
+        e2b_sbx.files.write("bad.txt", "x", metadata={"no spaces": "x"})
 
 
 def test_entries_as_envd_reports_them(e2b_sbx: Sandbox) -> None:

@@ -295,13 +295,20 @@ class AgentClient:
             async for chunk in download:
                 yield chunk
 
-    async def write_file(self, path: str, user: str, chunks: Chunks) -> dict[str, Any]:
+    async def write_file(
+        self, path: str, user: str, chunks: Chunks, metadata: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Upload ``chunks`` (bytes, or an (async) iterable of bytes) to ``path``; parents are created.
 
         Returns the EntryInfo of the written file. If the agent refuses early (permission
         denied...), the upload stops and its error is raised without sending everything.
+        ``metadata`` (keys of letters, digits, ``._-``) replaces the file's metadata, kept in its
+        ``user.e2b.<key>`` extended attributes and listed in EntryInfo ``metadata`` when it has any.
         """
-        conn = await self._open({"op": "write", "path": path, "user": user})
+        request: dict[str, Any] = {"op": "write", "path": path, "user": user}
+        if metadata is not None:
+            request["metadata"] = metadata
+        conn = await self._open(request)
         answer_task: asyncio.Task[tuple[bytes, bytes]] = asyncio.ensure_future(conn.frame())
         try:
             try:

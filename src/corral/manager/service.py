@@ -309,8 +309,10 @@ class Manager:
         stream = self._running(sandbox_id).agent.read_tar(_path(path, user), user)
         return await _started(stream)
 
-    async def write_file(self, sandbox_id: str, path: str, user: str, chunks: AsyncIterable[bytes]) -> dict[str, Any]:
-        return await self._running(sandbox_id).agent.write_file(_path(path, user), user, chunks)
+    async def write_file(
+        self, sandbox_id: str, path: str, user: str, chunks: AsyncIterable[bytes], metadata: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        return await self._running(sandbox_id).agent.write_file(_path(path, user), user, chunks, metadata)
 
     async def list_dir(self, sandbox_id: str, path: str, depth: int, user: str) -> builtins.list[dict[str, Any]]:
         if not 1 <= depth <= 32:

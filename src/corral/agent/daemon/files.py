@@ -31,7 +31,7 @@ def entry_info(path, names, st=None):
         kind = "dir"
     else:
         kind = "file"
-    return {
+    info = {
         "name": os.path.basename(path) or "/",
         "path": path,
         "type": kind,
@@ -43,6 +43,53 @@ def entry_info(path, names, st=None):
         "modified_time": iso_time(st.st_mtime_ns),
         "symlink_target": target,
     }
+    metadata = read_metadata(path)
+    if metadata:
+        info["metadata"] = metadata
+    return info
+
+
+# --------------------------------------------------------------------------- file metadata
+# Key/value metadata of a file lives in its extended attributes user.e2b.<key> (as E2B's envd
+# keeps it), so tools inside the sandbox see and can set the same thing.
+META_PREFIX = "user.e2b."
+MAX_META_ENTRIES = 64
+MAX_META_KEY = 200
+MAX_META_VALUE = 4096
+
+
+def read_metadata(path):
+    try:
+        names = [n for n in os.listxattr(path, follow_symlinks=False) if n.startswith(META_PREFIX)]
+        return {
+            n[len(META_PREFIX) :]: os.getxattr(path, n, follow_symlinks=False).decode("utf-8", "replace")
+            for n in names
+        }
+    except OSError:  # no xattr support, gone meanwhile, not readable
+        return {}
+
+
+def f_metadata(req):
+    value = req.get("metadata")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_META_ENTRIES:
+        raise invalid(f"field metadata must be an object of at most {MAX_META_ENTRIES} strings")
+    for k, v in value.items():
+        if not isinstance(v, str) or len(v.encode()) > MAX_META_VALUE:
+            raise invalid(f"metadata values are strings of at most {MAX_META_VALUE} bytes")
+        if not k or len(k) > MAX_META_KEY or not all(c.isalnum() or c in "._-" for c in k):
+            raise invalid(f"invalid metadata key {k[:64]!r} (letters, digits, '.', '_', '-')")
+    return value
+
+
+def write_metadata(path, metadata):
+    """Replace the file's metadata (run with the user's filesystem identity)."""
+    for name in os.listxattr(path):
+        if name.startswith(META_PREFIX):
+            os.removexattr(path, name)
+    for key, value in metadata.items():
+        os.setxattr(path, META_PREFIX + key.lower(), value.encode())
 
 
 # --------------------------------------------------------------------------- file ops
@@ -177,6 +224,7 @@ def op_read(conn, req):
 def op_write(conn, req):
     pw = get_user(req)
     path = f_path(req, "path", pw)
+    metadata = f_metadata(req)
     err = None
     with FsIdentity(pw):
         try:
@@ -217,7 +265,16 @@ def op_write(conn, req):
         conn.drain_upload()
         return
     with FsIdentity(pw):
-        info = entry_info(path, Names())
+        if metadata is not None:
+            try:
+                write_metadata(path, metadata)
+            except OSError as e:
+                err = os_error(e)
+        if err is None:
+            info = entry_info(path, Names())
+    if err is not None:
+        conn.send_error(err.code, err.message)
+        return
     conn.send_json(info)
 
 

@@ -18,8 +18,7 @@ from .filesystem import FilesystemService
 from .live import running
 from .process import ProcessService, user_from
 
-# The envd version the SDKs are told: every feature they gate on (up to 0.6.4) is served, except
-# file metadata (uploads with X-Metadata-* headers are refused).
+# The envd version the SDKs are told: every feature they gate on (up to 0.6.4) is served.
 ENVD_VERSION = "0.6.13"
 UNAUTHORIZED = "unauthorized access, please provide a valid access token or method signing if supported"
 

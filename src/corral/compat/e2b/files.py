@@ -96,9 +96,8 @@ class FilesHandler:
         self, sandbox_id: str, query: dict[str, str], user: str, scope: Scope, receive: Any, send: Any
     ) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if any(k.startswith("x-metadata-") for k in headers):
-            message = "file metadata (X-Metadata-* headers) is not supported by corral"
-            return await send_json(send, 501, {"code": 501, "message": message})
+        # X-Metadata-<Key>: <value> replaces the metadata of every file the request writes.
+        metadata = {k[len("x-metadata-") :]: v for k, v in headers.items() if k.startswith("x-metadata-")} or None
         body = body_chunks(receive)
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":
@@ -114,20 +113,25 @@ class FilesHandler:
                 if filename is None or not FIELD_NAME.search(part.get("content-disposition", "")):
                     continue  # not a file part
                 target = query.get("path") or filename
-                written.append(await self._write(sandbox_id, target, user, reader.body()))
+                written.append(await self._write(sandbox_id, target, user, reader.body(), metadata))
         else:
             if not query.get("path"):
                 raise errors.InvalidRequestError("the path query parameter is required for a raw upload")
-            written.append(await self._write(sandbox_id, query["path"], user, body))
+            written.append(await self._write(sandbox_id, query["path"], user, body, metadata))
         if not written:
             raise errors.InvalidRequestError("no file in the request (multipart parts named 'file')")
         await send_json(send, 200, written)
 
-    async def _write(self, sandbox_id: str, target: str, user: str, chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+    async def _write(
+        self, sandbox_id: str, target: str, user: str, chunks: AsyncIterator[bytes], metadata: dict[str, str] | None
+    ) -> dict[str, Any]:
         if not target or "\0" in target or len(target) > 4096:
             raise errors.InvalidRequestError("a file path must be 1-4096 characters without NUL bytes")
-        info = await self.m.write_file(sandbox_id, absolute(target, user), user, chunks)
-        return {"name": info["name"], "type": "file", "path": info["path"]}
+        info = await self.m.write_file(sandbox_id, absolute(target, user), user, chunks, metadata)
+        out = {"name": info["name"], "type": "file", "path": info["path"]}
+        if info.get("metadata"):
+            out["metadata"] = info["metadata"]
+        return out
 
 
 async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -38,6 +38,8 @@ def entry(info: dict[str, Any]) -> dict[str, Any]:
         "permissions": MODE_CHAR.get(kind, "-") + info.get("permissions", ""),
         "owner": info.get("owner", ""), "group": info.get("group", ""), "modifiedTime": info.get("modified_time"),
     }
+    if info.get("metadata"):
+        out["metadata"] = info["metadata"]
     if kind == "symlink":
         out["isSymlink"] = True
         if info.get("symlink_target") is not None:
