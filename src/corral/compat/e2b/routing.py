@@ -12,6 +12,7 @@ corral's (``/v1/...``, ``/health``, ``/metrics``, ``/docs``, ``/openapi.json``).
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +26,8 @@ from .control import Control
 from .envd import UNAUTHORIZED, Envd, access_token, sandbox_gone
 from .files import EXPIRED, check_signature, query_of
 from .live import running, running_ids
+
+log = logging.getLogger("corral.compat.e2b")
 
 ENVD_PORT, INTERPRETER_PORT = 49983, 49999
 ENVD_RPC_PREFIXES = ("/process.Process/", "/filesystem.Filesystem/")
@@ -48,6 +51,10 @@ class E2BCompat:
 
     def handler(self, scope: Scope, headers: dict[str, str]) -> ASGI | None:
         """The ASGI callable for an E2B request, or None for corral's own API."""
+        app = self._route(scope, headers)
+        return None if app is None else _answering_errors(app)
+
+    def _route(self, scope: Scope, headers: dict[str, str]) -> ASGI | None:
         path = scope["path"]
         if any(path == p or path.startswith(p + "/") for p in CONTROL_PREFIXES):
             # Before the sandbox headers: some SDK releases send them on API calls too (connect),
@@ -136,3 +143,24 @@ class E2BCompat:
             return await send_json(send, 401, {"code": 401, "message": e.message})
         _, control, _ = self._services(scope)
         await control(scope, receive, send)
+
+
+def _answering_errors(app: ASGI) -> ASGI:
+    """Any unexpected exception still gets a JSON error the SDKs parse (and is logged)."""
+
+    async def guarded(scope: Scope, receive: Any, send: Any) -> None:
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, tracking_send)
+        except Exception as e:
+            log.exception("unexpected error on E2B %s %s", scope["method"], scope["path"])
+            if not started:
+                await send_json(send, 500, {"code": 500, "message": f"internal error: {type(e).__name__}"})
+
+    return guarded
