@@ -27,7 +27,7 @@ from e2b import (  # noqa: E402
     TimeoutException,
 )
 
-from helpers import wait_until  # noqa: E402
+from helpers import ServerProcess, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.privileged
 
@@ -420,3 +420,23 @@ def test_async_sdk(e2b_env: object) -> None:
         assert not await sbx.is_running()
 
     asyncio.run(main())
+
+
+def test_parallel_clients_leave_nothing_behind(e2b_env: ServerProcess) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers import assert_clean
+
+    def one(i: int) -> str:
+        with Sandbox.create(metadata={"parallel": str(i)}) as sbx:
+            assert sbx.commands.run(f"echo {i}").stdout == f"{i}\n"
+            sbx.files.write(f"/tmp/{i}.txt", str(i))
+            assert sbx.files.read(f"/tmp/{i}.txt") == str(i)
+            handle = sbx.files.watch_dir("/tmp")
+            handle.stop()
+            return sbx.sandbox_id
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(one, range(8)))
+    assert len(ids) == 8
+    assert_clean(e2b_env.run_dir, ids)
