@@ -83,6 +83,36 @@ class RunCommand(Strict):
     _envs = field_validator("envs")(classmethod(lambda cls, v: _check_envs(v)))
 
 
+class RunCode(Strict):
+    code: str = Field(..., max_length=512 * 1024)
+    language: str | None = Field(
+        None, max_length=32, description="python (default), javascript, typescript, bash or r; not with context_id."
+    )
+    context_id: str | None = Field(None, max_length=64, description="A context from POST .../code/contexts.")
+    envs: dict[str, str] = Field(default_factory=dict, description="Environment variables for this run only.")
+    timeout: float | None = Field(
+        None, gt=0, le=86400, description="Seconds; the kernel is interrupted and the context keeps its state."
+    )
+
+    _envs = field_validator("envs")(classmethod(lambda cls, v: _check_envs(v)))
+
+
+class CreateCodeContext(Strict):
+    language: str | None = Field(None, max_length=32, description="python (default), javascript, typescript, bash or r.")
+    cwd: str | None = Field(None, max_length=4096, description="Absolute path; /home/user by default.")
+
+
+class CodeContext(BaseModel):
+    id: str
+    language: str
+    cwd: str
+
+
+class CodeContextList(BaseModel):
+    contexts: list[CodeContext]
+    languages: list[str] = Field(default_factory=list, description="The languages this sandbox's template has.")
+
+
 class ProcessInfo(BaseModel):
     pid: int
     cmd: str

@@ -22,7 +22,7 @@ from typing import Any
 from .. import errors
 from ..agent.client import AgentClient
 from ..backends import Backend, Limits, SandboxHandle, SandboxSpec
-from ..schema import CreateSandbox, RunCommand
+from ..schema import CreateSandbox, RunCode, RunCommand
 from ..settings import Settings
 from ..store import SandboxRecord, Store
 from ..templates import template_path
@@ -68,8 +68,9 @@ class Manager:
         from ..backends import load_backend
 
         backend = load_backend(
-            settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet
-        )
+            settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet,
+            ca_bundle=settings.ca_bundle,
+        )  # fmt: skip
         return cls(settings, backend, Store(settings.db_path))
 
     # ----------------------------------------------------------------- lifecycle of the service
@@ -338,6 +339,34 @@ class Manager:
 
     # ----------------------------------------------------------------- signed file URLs
 
+    # ----------------------------------------------------------------- code interpreter
+
+    async def run_code(self, sandbox_id: str, req: RunCode) -> AsyncIterator[dict[str, Any]]:
+        """Run a cell in a Jupyter kernel: ``accepted`` (naming the context), then E2B's
+        execution events, last ``end_of_execution``. Unknown contexts and languages raise here."""
+        lv = self._running(sandbox_id)
+        metrics.CODE_RUNS.inc()
+        request = {
+            "op": "execute", "code": req.code, "language": req.language, "context_id": req.context_id,
+            "env_vars": req.envs, "timeout": req.timeout,
+        }  # fmt: skip
+        return _code_events(await _started(lv.agent.code(request)))
+
+    async def code_contexts(self, sandbox_id: str) -> dict[str, Any]:
+        answer = await self._running(sandbox_id).agent.code_call({"op": "contexts"})
+        return {"contexts": answer.get("contexts", []), "languages": answer.get("languages", [])}
+
+    async def create_code_context(self, sandbox_id: str, language: str | None, cwd: str | None) -> dict[str, Any]:
+        request = {"op": "create_context", "language": language, "cwd": cwd}
+        return dict((await self._running(sandbox_id).agent.code_call(request))["context"])
+
+    async def restart_code_context(self, sandbox_id: str, context_id: str) -> dict[str, Any]:
+        request = {"op": "restart_context", "id": context_id}
+        return dict((await self._running(sandbox_id).agent.code_call(request))["context"])
+
+    async def remove_code_context(self, sandbox_id: str, context_id: str) -> None:
+        await self._running(sandbox_id).agent.code_call({"op": "remove_context", "id": context_id})
+
     def sign_file_url(
         self, sandbox_id: str, path: str, user: str, operation: str, expires_in: int
     ) -> tuple[str, int, str]:
@@ -502,3 +531,22 @@ async def _started(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
                 await aclose()
 
     return rest()
+
+
+async def _code_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """A cell's events; a sandbox or interpreter that goes away mid-cell becomes an error event."""
+    ended = False
+    problem = "the code interpreter stopped before the cell finished"
+    try:
+        async for event in events:
+            ended = ended or event.get("type") == "end_of_execution"
+            yield event
+    except errors.CorralError as e:
+        problem = f"the cell did not finish: {e.message}"
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if not ended:
+        yield {"type": "error", "name": "SandboxError", "value": problem, "traceback": ""}
+        yield {"type": "end_of_execution"}

@@ -9,6 +9,7 @@ from corral.sdk._sync.files import Filesystem, WatchHandle
 from corral.sdk._sync.pty import Pty, PtyHandle
 from corral.sdk._sync.sandbox import Sandbox
 from corral.sdk.config import ConnectionConfig
+from corral.sdk.execution import CodeContext, Execution, ExecutionError, Logs, OutputMessage, Result
 from corral.sdk.models import (
     CommandResult,
     CommandTimeoutError,
@@ -27,18 +28,24 @@ __all__ = [
     "AsyncPtyHandle",
     "AsyncSandbox",
     "AsyncWatchHandle",
+    "CodeContext",
     "CommandHandle",
     "CommandResult",
     "CommandTimeoutError",
     "Commands",
     "ConnectionConfig",
     "EntryInfo",
+    "Execution",
+    "ExecutionError",
     "Filesystem",
     "FilesystemEvent",
+    "Logs",
+    "OutputMessage",
     "ProcessInfo",
     "Pty",
     "PtyHandle",
     "PtySize",
+    "Result",
     "Sandbox",
     "SandboxInfo",
     "WatchHandle",

@@ -19,7 +19,7 @@ from ..manager import Manager
 from ..settings import Settings
 from .auth import check_key, is_open, load_or_create_key
 from .render import error_response, invalid_request
-from .routes import commands, files, pty, sandboxes
+from .routes import code, commands, files, pty, sandboxes
 
 log = logging.getLogger("corral.server")
 
@@ -135,6 +135,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app.include_router(commands.router)
     app.include_router(files.router)
     app.include_router(pty.router)
+    app.include_router(code.router)
     return app
 
 

@@ -7,10 +7,12 @@ from typing import Any
 
 from corral.errors import SandboxNotFoundError, SandboxNotRunningError
 from corral.sdk._async.client import AsyncApiClient
+from corral.sdk._async.code import AsyncCodeInterpreter, Handler
 from corral.sdk._async.commands import AsyncCommands
 from corral.sdk._async.files import AsyncFilesystem
 from corral.sdk._async.pty import AsyncPty
 from corral.sdk.config import ConnectionConfig
+from corral.sdk.execution import CodeContext, Execution
 from corral.sdk.models import SandboxInfo
 
 
@@ -27,6 +29,7 @@ class AsyncSandbox:
         self.commands = AsyncCommands(api, info.sandbox_id)
         self.files = AsyncFilesystem(api, info.sandbox_id)
         self.pty = AsyncPty(api, info.sandbox_id)
+        self._code = AsyncCodeInterpreter(api, info.sandbox_id)
 
     @property
     def sandbox_id(self) -> str:
@@ -153,6 +156,42 @@ class AsyncSandbox:
         except SandboxNotFoundError:
             return False
         return info.state == "running"
+
+    # ------------------------------------------------------------------ code interpreter
+    async def run_code(
+        self,
+        code: str,
+        language: str | None = None,
+        context: CodeContext | str | None = None,
+        envs: dict[str, str] | None = None,
+        timeout: float | None = None,
+        on_stdout: Handler | None = None,
+        on_stderr: Handler | None = None,
+        on_result: Handler | None = None,
+        on_error: Handler | None = None,
+    ) -> Execution:
+        """Run a cell in a Jupyter kernel (template ``code-interpreter``); state persists per context.
+
+        Languages: python (default), javascript, typescript, bash, r. Outputs stream to the
+        callbacks; the Execution holds ``results`` (rich outputs; the cell's value is the main
+        result), ``logs``, ``error`` and ``execution_count``.
+        """
+        return await self._code.run_code(
+            code, language=language, context=context, envs=envs, timeout=timeout,
+            on_stdout=on_stdout, on_stderr=on_stderr, on_result=on_result, on_error=on_error,
+        )  # fmt: skip
+
+    async def create_code_context(self, language: str | None = None, cwd: str | None = None) -> CodeContext:
+        return await self._code.create_context(language=language, cwd=cwd)
+
+    async def list_code_contexts(self) -> builtins.list[CodeContext]:
+        return await self._code.list_contexts()
+
+    async def restart_code_context(self, context: CodeContext | str) -> None:
+        await self._code.restart_context(context)
+
+    async def remove_code_context(self, context: CodeContext | str) -> None:
+        await self._code.remove_context(context)
 
     async def close(self) -> None:
         """Close the HTTP connections (the sandbox keeps running)."""

@@ -8,10 +8,12 @@ from typing import Any
 
 from corral.errors import SandboxNotFoundError, SandboxNotRunningError
 from corral.sdk._sync.client import ApiClient
+from corral.sdk._sync.code import CodeInterpreter, Handler
 from corral.sdk._sync.commands import Commands
 from corral.sdk._sync.files import Filesystem
 from corral.sdk._sync.pty import Pty
 from corral.sdk.config import ConnectionConfig
+from corral.sdk.execution import CodeContext, Execution
 from corral.sdk.models import SandboxInfo
 
 
@@ -28,6 +30,7 @@ class Sandbox:
         self.commands = Commands(api, info.sandbox_id)
         self.files = Filesystem(api, info.sandbox_id)
         self.pty = Pty(api, info.sandbox_id)
+        self._code = CodeInterpreter(api, info.sandbox_id)
 
     @property
     def sandbox_id(self) -> str:
@@ -154,6 +157,42 @@ class Sandbox:
         except SandboxNotFoundError:
             return False
         return info.state == "running"
+
+    # ------------------------------------------------------------------ code interpreter
+    def run_code(
+        self,
+        code: str,
+        language: str | None = None,
+        context: CodeContext | str | None = None,
+        envs: dict[str, str] | None = None,
+        timeout: float | None = None,
+        on_stdout: Handler | None = None,
+        on_stderr: Handler | None = None,
+        on_result: Handler | None = None,
+        on_error: Handler | None = None,
+    ) -> Execution:
+        """Run a cell in a Jupyter kernel (template ``code-interpreter``); state persists per context.
+
+        Languages: python (default), javascript, typescript, bash, r. Outputs stream to the
+        callbacks; the Execution holds ``results`` (rich outputs; the cell's value is the main
+        result), ``logs``, ``error`` and ``execution_count``.
+        """
+        return self._code.run_code(
+            code, language=language, context=context, envs=envs, timeout=timeout,
+            on_stdout=on_stdout, on_stderr=on_stderr, on_result=on_result, on_error=on_error,
+        )  # fmt: skip
+
+    def create_code_context(self, language: str | None = None, cwd: str | None = None) -> CodeContext:
+        return self._code.create_context(language=language, cwd=cwd)
+
+    def list_code_contexts(self) -> builtins.list[CodeContext]:
+        return self._code.list_contexts()
+
+    def restart_code_context(self, context: CodeContext | str) -> None:
+        self._code.restart_context(context)
+
+    def remove_code_context(self, context: CodeContext | str) -> None:
+        self._code.remove_context(context)
 
     def close(self) -> None:
         """Close the HTTP connections (the sandbox keeps running)."""
