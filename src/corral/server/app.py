@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__, errors
 from ..manager import Manager
 from ..settings import Settings
+from . import fastpath
 from .auth import check_key, is_open, load_or_create_key
 from .render import error_response, invalid_request
 from .routes import code, commands, files, pty, sandboxes
@@ -29,7 +30,7 @@ WS_QUERY_KEY_PATH = re.compile(r"/v1/sandboxes/[^/]+/pty/ws")
 
 class Guard:
     """Pure ASGI middleware: the API key on every call but the open paths, a cap on JSON bodies,
-    and the fast path for running commands (see ``routes/commands.py``).
+    and the fast path for running commands and cells (see ``fastpath.py``).
 
     (Starlette's BaseHTTPMiddleware would copy every streamed response through a memory stream.)
     """
@@ -54,9 +55,10 @@ class Guard:
                     raise errors.PayloadTooLargeError(f"request body over {MAX_JSON_BODY} bytes")
         except errors.CorralError as err:
             return await error_response(err)(scope, receive, send)
-        if scope["method"] == "POST" and (match := commands.RUN_PATH.fullmatch(scope["path"])):
+        if fast := fastpath.match(scope):
             manager: Manager = scope["app"].state.manager
-            return await commands.run_command_asgi(manager, match["sandbox_id"], scope, receive, send)
+            route, sandbox_id = fast
+            return await fastpath.serve(route, manager, sandbox_id, scope, receive, send)
         return await self.app(scope, receive, send)
 
     async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

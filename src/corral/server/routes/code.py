@@ -28,7 +28,8 @@ STREAM_DOC: dict[int | str, dict[str, Any]] = {
 async def run_code(
     sandbox_id: str, body: RunCode, request: Request, m: Annotated[Manager, Depends(manager)]
 ) -> StreamingResponse:
-    """Run a cell. A client that goes away interrupts it (the context keeps its state)."""
+    """Run a cell. A client that goes away interrupts it (the context keeps its state).
+    (Served by ``server/fastpath.py``; this declares it.)"""
     events = await m.run_code(sandbox_id, body)
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(sse(events, decode=False), media_type="text/event-stream")

@@ -55,6 +55,10 @@ MIME_KEYS = {
 }  # fmt: skip
 
 
+class KernelGone(Exception):
+    """The kernel died before it took the cell."""
+
+
 class RequestError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -325,49 +329,74 @@ class Execution:
     def __init__(self, server: Server, ctx: Context, out: Output, reader: asyncio.StreamReader) -> None:
         self.server, self.ctx, self.out, self.reader = server, ctx, out, reader
         self.interrupted = False
+        self.started = False  # the kernel took the cell (a message of it came back)
         self.error_sent = False
         self.stderr = ""  # the cell's stderr (the start of it): tslab reports errors only there
 
     async def run(self, code: str, envs: dict[str, str], sandbox_envs: dict[str, str], timeout: float | None) -> None:
         ctx, out = self.ctx, self.out
         try:
-            if not await ctx.alive():
-                if ctx.km is not None:  # died between two runs
-                    ctx.died = ctx.died or await ctx.exit_reason()
+            for attempt in (1, 2):
+                await self.ensure_kernel()
+                try:
+                    await self.in_kernel(code, envs, sandbox_envs, timeout)
+                    break
+                except KernelGone:  # it died before the cell started (killed a moment ago): once more
+                    ctx.died = await ctx.exit_reason()
                     await ctx.stop()
-                await ctx.start(self.server.runtime_dir)
-                if ctx.died:
-                    await out.send({
-                        "type": "stderr", "timestamp": now(),
-                        "text": f"[corral] the {ctx.language} kernel of this context had died ({ctx.died});"
-                        " a new kernel was started and the context's state is lost\n",
-                    })  # fmt: skip
-                    ctx.died = None
-            if sandbox_envs and not ctx.sandbox_envs_set:
-                setup = set_env_code(ctx.language, sandbox_envs)
-                if setup:
-                    await self.silent(setup[0])
-                ctx.sandbox_envs_set = True
-            restore = None
-            if envs:
-                pair = set_env_code(ctx.language, envs)
-                if pair:
-                    await self.silent(pair[0])
-                    restore = pair[1]
-            try:
-                await self.cell(code, timeout)
-            finally:
-                if restore and await ctx.alive():
-                    await self.silent(restore)
+                    if attempt == 2:
+                        raise RequestError("kernel_failed", f"the {ctx.language} kernel keeps dying ({ctx.died})") from None
         except RequestError as e:
             await out.send({"type": "error", "name": "KernelError", "value": e.message, "traceback": ""})
         await out.send({"type": "end_of_execution"})
 
+    async def ensure_kernel(self) -> None:
+        """Start the context's kernel if it has none or it died, saying so when state was lost."""
+        ctx = self.ctx
+        if await ctx.alive():
+            return
+        if ctx.km is not None:  # died between two runs
+            ctx.died = ctx.died or await ctx.exit_reason()
+            await ctx.stop()
+        await ctx.start(self.server.runtime_dir)
+        if ctx.died:
+            await self.out.send({
+                "type": "stderr", "timestamp": now(),
+                "text": f"[corral] the {ctx.language} kernel of this context had died ({ctx.died});"
+                " a new kernel was started and the context's state is lost\n",
+            })  # fmt: skip
+            ctx.died = None
+
+    async def in_kernel(self, code: str, envs: dict[str, str], sandbox_envs: dict[str, str], timeout: float | None) -> None:
+        ctx = self.ctx
+        if sandbox_envs and not ctx.sandbox_envs_set:
+            setup = set_env_code(ctx.language, sandbox_envs)
+            if setup:
+                await self.silent(setup[0])
+            ctx.sandbox_envs_set = True
+        restore = None
+        if envs:
+            pair = set_env_code(ctx.language, envs)
+            if pair:
+                await self.silent(pair[0])
+                restore = pair[1]
+        try:
+            await self.cell(code, timeout)
+        finally:
+            if restore and await ctx.alive():
+                await self.silent(restore)
+
     async def silent(self, code: str) -> None:
+        """Run set-up code without output or history; KernelGone if the kernel is dead."""
         kc = self.ctx.kc
         msg_id = kc.execute(code, silent=True, store_history=False, allow_stdin=False)
         while True:
-            reply = await kc.get_shell_msg(timeout=30)
+            try:
+                reply = await kc.get_shell_msg(timeout=0.25)
+            except Exception:  # queue.Empty
+                if not await self.ctx.alive():
+                    raise KernelGone() from None
+                continue
             if reply["parent_header"].get("msg_id") == msg_id:
                 return
 
@@ -412,6 +441,8 @@ class Execution:
                     msg = await kc.get_iopub_msg(timeout=0.25)
                 except Exception:  # queue.Empty: nothing within the poll interval
                     if not await ctx.alive():
+                        if not self.started:
+                            raise KernelGone() from None
                         await self.died()
                         return
                     continue
@@ -480,6 +511,7 @@ class Execution:
     async def output(self, msg: dict[str, Any]) -> bool:
         """Forward one iopub message; True once the kernel is idle again (the cell ended)."""
         kind, content = msg["msg_type"], msg["content"]
+        self.started = True
         if kind == "status":
             return bool(content.get("execution_state") == "idle")
         if kind == "stream":
