@@ -380,3 +380,17 @@ def test_a_killed_code_sandbox_leaves_nothing_behind(corral_server: ServerProces
     s.kill()
     s.close()
     assert_clean(corral_server.run_dir, {sid})
+
+
+def test_a_killed_kernel_server_comes_back_on_the_next_cell(corral_server: ServerProcess) -> None:
+    with Sandbox.create(template=TEMPLATE, api_key=corral_server.api_key, api_url=corral_server.url) as s:
+        assert s.run_code("x = 1\nx").text == "1"
+        s.commands.run("pkill -9 -f '[k]ernel_server'; pkill -9 -f '[i]pykernel_launcher'; true", user="root")
+        execution = s.run_code("'back'")
+        assert execution.text == "'back'", execution
+
+
+def test_sandbox_code_cannot_reach_the_kernel_server(ci: Sandbox) -> None:
+    probe = "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('/run/corral/kernels.sock')\nexcept OSError as e:\n    print(type(e).__name__)"
+    assert ci.run_code(probe).logs.stdout == ["PermissionError\n"]
+    assert ci.commands.run("id -u").stdout.strip() == "1000"
