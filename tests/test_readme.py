@@ -27,6 +27,8 @@ def test_readme_example_runs(index: int, corral_env: ServerProcess, tmp_path: Pa
         assert "hello from" in out
     elif "download_dir" in block:
         assert (tmp_path / "data" / "sub" / "b.txt").read_bytes() == b"2"
+    elif "get_url" in block:
+        assert "/ports/8000/" in out and "8000-" in out
     elif "run_code" in block:
         assert out.splitlines()[:2] == ["6", "ZeroDivisionError division by zero"] and "hi js" in out
     else:

@@ -24,6 +24,7 @@ status; the SDK maps the body back to the same class with :func:`error_from_body
     ├── LimitExceededError           429 limit_exceeded
     ├── SandboxFailedError           500 sandbox_failed
     ├── KernelFailedError            500 kernel_failed      (a code context's kernel did not start)
+    ├── PortClosedError              502 port_closed        (nothing listens on a sandbox port)
     ├── UnavailableError             503 unavailable
     ├── TimeoutError_                504 timeout            (a command ran past its timeout)
     └── CommandExitError             --  command_exit       (SDK only: non-zero exit code)
@@ -126,6 +127,10 @@ class SandboxFailedError(CorralError):
 
 class KernelFailedError(CorralError):
     code, status = "kernel_failed", 500
+
+
+class PortClosedError(CorralError):
+    code, status = "port_closed", 502
 
 
 class UnavailableError(CorralError):

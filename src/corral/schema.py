@@ -34,6 +34,9 @@ class CreateSandbox(Strict):
     memory_mb: int | None = Field(None, ge=32)
     disk_mb: int | None = Field(None, ge=16)
     internet: bool = True
+    public_ports: bool = Field(
+        True, description="Servers inside are reachable through the port URLs without a token; false asks for its traffic_token."
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -65,6 +68,11 @@ class SandboxInfo(BaseModel):
     disk_mb: int
     internet: bool
     reason: str | None = None
+    public_ports: bool = True
+    domain: str = Field("localhost", description="Port URLs are <port>-<sandbox id>.<domain> on the API's port.")
+    traffic_token: str | None = Field(
+        None, description="What the port URLs of a sandbox with public_ports=false ask for (header or query)."
+    )
 
 
 class SandboxList(BaseModel):
@@ -111,6 +119,16 @@ class CodeContext(BaseModel):
 class CodeContextList(BaseModel):
     contexts: list[CodeContext]
     languages: list[str] = Field(default_factory=list, description="The languages this sandbox's template has.")
+
+
+class PortInfo(BaseModel):
+    port: int
+    url: str = Field(..., description="Host-based: <port>-<sandbox id>.<domain>.")
+    path_url: str = Field(..., description="Path-based: /v1/sandboxes/{id}/ports/{port}/ on the API's own address.")
+
+
+class PortList(BaseModel):
+    ports: list[PortInfo] = Field(..., description="TCP ports something listens on inside the sandbox.")
 
 
 class ProcessInfo(BaseModel):

@@ -71,6 +71,10 @@ class Backend:
     def handle_from_state(self, sandbox_id: str, state: dict[str, Any]) -> SandboxHandle:
         raise NotImplementedError
 
+    def address(self, handle: SandboxHandle) -> str:
+        """The IP address at which the host reaches servers listening inside the sandbox."""
+        raise NotImplementedError
+
     async def wait_exit(self, handle: SandboxHandle) -> None:
         """Return when the sandbox's init process has exited (for whatever reason)."""
         raise NotImplementedError

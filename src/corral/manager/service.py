@@ -146,7 +146,7 @@ class Manager:
             id=sandbox_id, template=req.template, state=State.RUNNING, backend=self.backend.name,
             created_at=now, end_at=now + timeout, cpu_count=limits.cpu_count, memory_mb=limits.memory_mb,
             disk_mb=limits.disk_mb, internet=req.internet, metadata=dict(req.metadata), envs=dict(req.envs),
-            backend_state=handle.state, url_secret=secrets.token_hex(32),
+            backend_state=handle.state, url_secret=secrets.token_hex(32), public_ports=req.public_ports,
         )
         lv = self._adopt(rec, handle)
         try:
@@ -367,6 +367,38 @@ class Manager:
     async def remove_code_context(self, sandbox_id: str, context_id: str) -> None:
         await self._running(sandbox_id).agent.code_call({"op": "remove_context", "id": context_id})
 
+    # ----------------------------------------------------------------- ports
+
+    def port_target(self, sandbox_id: str, port: int, token: str | None) -> tuple[str, int]:
+        """Where to reach ``port`` inside the sandbox, after checking its traffic token (when its
+        ports are not public). Raises SandboxNotFoundError for a sandbox that is not running."""
+        if not 1 <= port <= 65535:
+            raise errors.InvalidRequestError(f"port {port} is out of range")
+        lv = self.live.get(sandbox_id)
+        if lv is None or lv.ending:
+            raise errors.SandboxNotFoundError(f"sandbox {sandbox_id!r} is not running")
+        if not lv.record.public_ports:
+            expected = traffic_token(lv.record)
+            # SECURITY: constant-time comparison.
+            if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+                raise errors.AuthenticationError(
+                    f"sandbox {sandbox_id}'s ports are private: send its traffic token "
+                    "(X-Corral-Traffic-Token header or traffic_token query parameter)"
+                )
+        return self.backend.address(lv.handle), port
+
+    async def listening_ports(self, sandbox_id: str) -> builtins.list[int]:
+        """TCP ports something listens on inside the sandbox (from its /proc/net/tcp and tcp6)."""
+        lv = self._running(sandbox_id)
+        ports: set[int] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                data = b"".join([chunk async for chunk in await _started(lv.agent.read_file(table, "root"))])
+            except errors.FileNotFoundError_:
+                continue
+            ports |= _listening(data.decode("ascii", "replace"))
+        return sorted(ports)
+
     def sign_file_url(
         self, sandbox_id: str, path: str, user: str, operation: str, expires_in: int
     ) -> tuple[str, int, str]:
@@ -550,3 +582,21 @@ async def _code_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[d
     if not ended:
         yield {"type": "error", "name": "SandboxError", "value": problem, "traceback": ""}
         yield {"type": "end_of_execution"}
+
+
+def traffic_token(rec: SandboxRecord) -> str:
+    """The token a private sandbox's port URLs ask for (derived from its secret: nothing to store)."""
+    return hmac.new(bytes.fromhex(rec.url_secret), b"traffic", "sha256").hexdigest()[:40]
+
+
+TCP_LISTEN = "0A"
+
+
+def _listening(table: str) -> set[int]:
+    """Ports in LISTEN state in a /proc/net/tcp table (local address is hex ``ip:port``)."""
+    ports = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == TCP_LISTEN:
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

@@ -17,10 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__, errors
 from ..manager import Manager
 from ..settings import Settings
-from . import fastpath
+from . import fastpath, ports
 from .auth import check_key, is_open, load_or_create_key
 from .render import error_response, invalid_request
 from .routes import code, commands, files, pty, sandboxes
+from .routes import ports as port_routes
 
 log = logging.getLogger("corral.server")
 
@@ -35,10 +36,14 @@ class Guard:
     (Starlette's BaseHTTPMiddleware would copy every streamed response through a memory stream.)
     """
 
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app, self.api_key = app, api_key
+    def __init__(self, app: Any, api_key: str, domain: str = "localhost") -> None:
+        self.app, self.api_key, self.domain = app, api_key, domain
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and (target := ports.route(scope, self.domain)):
+            # A sandbox's port (by host name or path): its own authorization, never the API key.
+            state = scope["app"].state
+            return await state.port_proxy(state.manager, target, scope, receive, send)
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
@@ -91,16 +96,18 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         m = manager or Manager.from_settings(settings)
         app.state.manager = m
+        app.state.port_proxy = ports.PortProxy()
         await m.start()
         try:
             yield
         finally:
             await m.shutdown()
+            await app.state.port_proxy.close()
 
     app = FastAPI(title="corral", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
 
-    app.add_middleware(Guard, api_key=api_key)
+    app.add_middleware(Guard, api_key=api_key, domain=settings.domain)
 
     @app.exception_handler(errors.CorralError)
     async def corral_error(request: Request, err: errors.CorralError) -> JSONResponse:
@@ -138,6 +145,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(pty.router)
     app.include_router(code.router)
+    app.include_router(port_routes.router)
     return app
 
 

@@ -291,6 +291,9 @@ class NamespaceBackend(Backend):
 
     # ---- running sandboxes ---------------------------------------------------------------
 
+    def address(self, handle: SandboxHandle) -> str:
+        return str(handle.state["ip"])  # the sandbox end of its veth pair
+
     async def configure(self, handle: SandboxHandle, limits: Limits, internet: bool) -> None:
         _check_limits(limits)
         st = handle.state

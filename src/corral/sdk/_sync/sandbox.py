@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from corral.errors import SandboxNotFoundError, SandboxNotRunningError
 from corral.sdk._sync.client import ApiClient
@@ -14,7 +15,7 @@ from corral.sdk._sync.files import Filesystem
 from corral.sdk._sync.pty import Pty
 from corral.sdk.config import ConnectionConfig
 from corral.sdk.execution import CodeContext, Execution
-from corral.sdk.models import SandboxInfo
+from corral.sdk.models import PortInfo, SandboxInfo
 
 
 class Sandbox:
@@ -58,6 +59,7 @@ class Sandbox:
         memory_mb: int | None = None,
         disk_mb: int | None = None,
         internet: bool = True,
+        public_ports: bool = True,
         *,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -71,6 +73,7 @@ class Sandbox:
             "metadata": metadata or {},
             "envs": envs or {},
             "internet": internet,
+            "public_ports": public_ports,
         }
         for key, value in (("cpu_count", cpu_count), ("memory_mb", memory_mb), ("disk_mb", disk_mb)):
             if value is not None:
@@ -157,6 +160,32 @@ class Sandbox:
         except SandboxNotFoundError:
             return False
         return info.state == "running"
+
+    # ------------------------------------------------------------------ ports
+    def get_host(self, port: int) -> str:
+        """``<port>-<id>.<domain>[:<api port>]``: where a server listening on ``port`` inside is
+        reached (HTTP and WebSocket). With the default domain ``localhost`` browsers resolve it
+        to this machine; other clients send it as the Host header."""
+        api = urlsplit(self._api.config.api_url)
+        return f"{port}-{self.sandbox_id}.{self._info.domain}" + (f":{api.port}" if api.port else "")
+
+    def get_url(self, port: int, path: str = "/", path_based: bool = False) -> str:
+        """A URL of ``path`` on ``port`` inside: host-based (``get_host``), or under the API's own
+        address (``/v1/sandboxes/<id>/ports/<port>/``) for clients that cannot resolve the host
+        name. Carries the traffic token when the sandbox's ports are private."""
+        api = urlsplit(self._api.config.api_url)
+        if path_based:
+            url = f"{self._api.config.api_url.rstrip('/')}/v1/sandboxes/{self.sandbox_id}/ports/{port}/{path.lstrip('/')}"
+        else:
+            url = f"{api.scheme}://{self.get_host(port)}/{path.lstrip('/')}"
+        if self._info.traffic_token:
+            url += ("&" if "?" in url else "?") + urlencode({"traffic_token": self._info.traffic_token})
+        return url
+
+    def list_ports(self) -> builtins.list[PortInfo]:
+        """The TCP ports something listens on inside the sandbox, with their URLs."""
+        data = self._api.request("GET", f"{self._path}/ports")
+        return [PortInfo.from_dict(p) for p in data["ports"]]
 
     # ------------------------------------------------------------------ code interpreter
     def run_code(
