@@ -22,7 +22,14 @@ def test_readme_example_runs(index: int, corral_env: ServerProcess, tmp_path: Pa
     monkeypatch.chdir(tmp_path)  # examples may write local files
     exec(compile(BLOCKS[index], f"README.md example {index + 1}", "exec"), {})
     out = capsys.readouterr().out
+    block = BLOCKS[index]
     if index == 0:
         assert "hello from" in out
-    else:
+    elif "download_dir" in block:
         assert (tmp_path / "data" / "sub" / "b.txt").read_bytes() == b"2"
+    elif "get_url" in block:
+        assert "/ports/8000/" in out and "8000-" in out
+    elif "run_code" in block:
+        assert out.splitlines()[:2] == ["6", "ZeroDivisionError division by zero"] and "hi js" in out
+    else:
+        pytest.fail(f"README example {index + 1} has no check in this test")

@@ -7,12 +7,14 @@ status; the SDK maps the body back to the same class with :func:`error_from_body
     CorralError                      500 internal
     ├── AuthenticationError          401 unauthorized
     ├── InvalidRequestError          400 invalid_request
-    │   └── PayloadTooLargeError     413 payload_too_large
+    │   ├── PayloadTooLargeError     413 payload_too_large
+    │   └── NotSupportedError        400 not_supported      (e.g. run_code on a template without kernels)
     ├── NotFoundError                404 not_found
     │   ├── SandboxNotFoundError     404 sandbox_not_found
     │   ├── TemplateNotFoundError    404 template_not_found
     │   ├── FileNotFoundError_       404 file_not_found     (exported as corral.FileNotFoundError)
-    │   └── ProcessNotFoundError     404 process_not_found
+    │   ├── ProcessNotFoundError     404 process_not_found
+    │   └── ContextNotFoundError     404 context_not_found
     ├── ConflictError                409 conflict
     │   ├── SandboxNotRunningError   409 sandbox_not_running
     │   └── FileExistsError_         409 file_exists
@@ -21,6 +23,8 @@ status; the SDK maps the body back to the same class with :func:`error_from_body
     ├── IsADirectoryError_           400 is_a_directory
     ├── LimitExceededError           429 limit_exceeded
     ├── SandboxFailedError           500 sandbox_failed
+    ├── KernelFailedError            500 kernel_failed      (a code context's kernel did not start)
+    ├── PortClosedError              502 port_closed        (nothing listens on a sandbox port)
     ├── UnavailableError             503 unavailable
     ├── TimeoutError_                504 timeout            (a command ran past its timeout)
     └── CommandExitError             --  command_exit       (SDK only: non-zero exit code)
@@ -61,6 +65,10 @@ class PayloadTooLargeError(InvalidRequestError):
     code, status = "payload_too_large", 413
 
 
+class NotSupportedError(InvalidRequestError):
+    code = "not_supported"
+
+
 class NotFoundError(CorralError):
     code, status = "not_found", 404
 
@@ -79,6 +87,10 @@ class FileNotFoundError_(NotFoundError):
 
 class ProcessNotFoundError(NotFoundError):
     code = "process_not_found"
+
+
+class ContextNotFoundError(NotFoundError):
+    code = "context_not_found"
 
 
 class ConflictError(CorralError):
@@ -111,6 +123,14 @@ class LimitExceededError(CorralError):
 
 class SandboxFailedError(CorralError):
     code, status = "sandbox_failed", 500
+
+
+class KernelFailedError(CorralError):
+    code, status = "kernel_failed", 500
+
+
+class PortClosedError(CorralError):
+    code, status = "port_closed", 502
 
 
 class UnavailableError(CorralError):

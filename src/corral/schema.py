@@ -34,6 +34,9 @@ class CreateSandbox(Strict):
     memory_mb: int | None = Field(None, ge=32)
     disk_mb: int | None = Field(None, ge=16)
     internet: bool = True
+    public_ports: bool = Field(
+        True, description="Servers inside are reachable through the port URLs without a token; false asks for its traffic_token."
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -65,6 +68,11 @@ class SandboxInfo(BaseModel):
     disk_mb: int
     internet: bool
     reason: str | None = None
+    public_ports: bool = True
+    domain: str = Field("localhost", description="Port URLs are <port>-<sandbox id>.<domain> on the API's port.")
+    traffic_token: str | None = Field(
+        None, description="What the port URLs of a sandbox with public_ports=false ask for (header or query)."
+    )
 
 
 class SandboxList(BaseModel):
@@ -81,6 +89,46 @@ class RunCommand(Strict):
     tag: str | None = Field(None, max_length=256)
 
     _envs = field_validator("envs")(classmethod(lambda cls, v: _check_envs(v)))
+
+
+class RunCode(Strict):
+    code: str = Field(..., max_length=512 * 1024)
+    language: str | None = Field(
+        None, max_length=32, description="python (default), javascript, typescript, bash or r; not with context_id."
+    )
+    context_id: str | None = Field(None, max_length=64, description="A context from POST .../code/contexts.")
+    envs: dict[str, str] = Field(default_factory=dict, description="Environment variables for this run only.")
+    timeout: float | None = Field(
+        None, gt=0, le=86400, description="Seconds; the kernel is interrupted and the context keeps its state."
+    )
+
+    _envs = field_validator("envs")(classmethod(lambda cls, v: _check_envs(v)))
+
+
+class CreateCodeContext(Strict):
+    language: str | None = Field(None, max_length=32, description="python (default), javascript, typescript, bash or r.")
+    cwd: str | None = Field(None, max_length=4096, description="Absolute path; /home/user by default.")
+
+
+class CodeContext(BaseModel):
+    id: str
+    language: str
+    cwd: str
+
+
+class CodeContextList(BaseModel):
+    contexts: list[CodeContext]
+    languages: list[str] = Field(default_factory=list, description="The languages this sandbox's template has.")
+
+
+class PortInfo(BaseModel):
+    port: int
+    url: str = Field(..., description="Host-based: <port>-<sandbox id>.<domain>.")
+    path_url: str = Field(..., description="Path-based: /v1/sandboxes/{id}/ports/{port}/ on the API's own address.")
+
+
+class PortList(BaseModel):
+    ports: list[PortInfo] = Field(..., description="TCP ports something listens on inside the sandbox.")
 
 
 class ProcessInfo(BaseModel):

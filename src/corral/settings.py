@@ -36,6 +36,16 @@ class Settings(BaseModel):
     max_cpu_count: float = Field(8.0, description="Largest CPU quota a sandbox may ask for.")
     pool_size: int = Field(2, description="Started sandboxes kept warm per template, so create is a claim (0 disables).")
     subnet: str = Field("10.213.0.0/16", description="Addresses for sandbox veth pairs (/30 each).")
+    domain: str = Field(
+        "localhost",
+        description="Port URLs are <port>-<sandbox id>.<domain> on the API's port; a wildcard DNS name the operator "
+        "points at corral, or localhost (browsers resolve *.localhost to loopback) (CORRAL_DOMAIN).",
+    )
+    ca_bundle: str = Field(
+        "/etc/ssl/certs/ca-certificates.crt",
+        description="The host's CA certificates, bound read-only over each sandbox's system bundle so code inside "
+        "trusts what the host trusts (a TLS-inspecting proxy's CA, say); empty keeps the template's own (CORRAL_CA_BUNDLE).",
+    )
     e2b_domain: str | None = Field(
         None, description="Domain of E2B host-name routing, <port>-<sandboxID>.<domain>; told to the e2b SDKs "
         "as the sandboxes' domain (CORRAL_E2B_DOMAIN). Unset: any host name of that shape is routed.",

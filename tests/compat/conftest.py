@@ -71,7 +71,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
     )
     server = ServerProcess(pool_size=0, extra_env={
         "CORRAL_TLS_CERT_FILE": str(d / "cert.pem"), "CORRAL_TLS_KEY_FILE": str(d / "key.pem"),
-        "CORRAL_E2B_DOMAIN": "corral.test"})
+        "CORRAL_E2B_DOMAIN": "corral.test", "CORRAL_DOMAIN": "corral.test"})
     server.url = server.url.replace("http://", "https://")
     server._healthy = lambda: _healthy_tls(server, d / "cert.pem")  # type: ignore[method-assign]
     server.start()

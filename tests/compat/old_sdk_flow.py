@@ -1,6 +1,9 @@
 """An older e2b Python SDK (see E2B_OLD_VERSION in the Makefile) against corral; run by
 test_e2b_old_sdk.py in that SDK's own venv. Prints "ok <step>" per step; fails loudly."""
 
+import os
+import time
+
 import httpx
 from e2b import CommandExitException, PtySize, Sandbox, SandboxException
 
@@ -51,6 +54,20 @@ try:
     assert any(s.sandbox_id == sbx.sandbox_id for s in Sandbox.list().next_items())
     assert sbx.get_info().metadata == {"suite": "old"}
     step("connect, timeout, list, info")
+
+    if os.environ.get("CORRAL_TEST_GET_HOST"):  # host-name mode: get_host(port) is a port URL
+        sbx.commands.run("python3 -m http.server 8000", background=True, cwd="/home/user")
+        url = f"https://{sbx.get_host(8000)}/"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{url} never answered 200"
+            time.sleep(0.1)
+        step("get_host")
 
     try:
         sbx.beta_pause()

@@ -87,6 +87,10 @@ class Backend:
         """CPU, memory and disk use of a running sandbox, read from the host (not from inside)."""
         raise NotImplementedError
 
+    def address(self, handle: SandboxHandle) -> str:
+        """The IP address at which the host reaches servers listening inside the sandbox."""
+        raise NotImplementedError
+
     async def wait_exit(self, handle: SandboxHandle) -> None:
         """Return when the sandbox's init process has exited (for whatever reason)."""
         raise NotImplementedError

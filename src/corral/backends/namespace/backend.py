@@ -37,6 +37,7 @@ log = logging.getLogger("corral.backends.namespace")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 READY_TIMEOUT = 10.0
 STATE_FILE = "state.json"
+CA_BUNDLE_INSIDE = bwrap.CA_BUNDLE_INSIDE.lstrip("/")
 AGENT_SOCKET = "agent.sock"  # <run>/<id>/agent.sock: a bind of the agent's socket, pinned at start
 
 
@@ -83,11 +84,13 @@ class NamespaceBackend(Backend):
         data_dir: Path = Path("/var/lib/corral"),
         agent_path: Path | None = None,
         subnet: str = "10.213.0.0/16",
+        ca_bundle: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.data_dir = Path(data_dir)
         self.agent_path = Path(agent_path) if agent_path else _default_agent_path()
         self.subnet = subnet
+        self.ca_bundle = Path(ca_bundle) if ca_bundle and Path(ca_bundle).is_file() else None
         self.pool = network.IpPool(subnet)
         self._userns = SharedUserNamespace()
         self._seccomp: bytes = b""  # the BPF program, built once
@@ -199,6 +202,7 @@ class NamespaceBackend(Backend):
         cfg = bwrap.BwrapConfig(
             sandbox_id=sid, root=sdir / "root", agent_dir=sdir / "disk" / "run", agent_path=self.agent_path,
             resolv_conf=sdir / "resolv.conf", hosts=sdir / "hosts",
+            ca_bundle=self.ca_bundle if self.ca_bundle and (Path(spec.template_dir) / CA_BUNDLE_INSIDE).is_file() else None,
         )  # fmt: skip
         userns_fd = self._userns.fd()
         code = self._compiled_agent()
@@ -301,6 +305,9 @@ class NamespaceBackend(Backend):
         os.replace(tmp, path)
 
     # ---- running sandboxes ---------------------------------------------------------------
+
+    def address(self, handle: SandboxHandle) -> str:
+        return str(handle.state["ip"])  # the sandbox end of its veth pair
 
     async def configure(self, handle: SandboxHandle, limits: Limits, internet: bool) -> None:
         _check_limits(limits)

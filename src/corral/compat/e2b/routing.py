@@ -3,7 +3,9 @@
 Sandbox traffic is recognised the two ways the e2b SDKs address it: the ``E2b-Sandbox-Id`` and
 ``E2b-Sandbox-Port`` headers (``E2B_SANDBOX_URL`` pointing at corral), or a host name
 ``<port>-<sandboxID>.<domain>`` (``E2B_DOMAIN``). Port 49983 is envd, 49999 the code
-interpreter; other ports are not forwarded. Presigned ``/files`` URLs carry neither: their
+interpreter; a host name for another port is left to corral's port URLs (``server/ports.py``,
+``CORRAL_DOMAIN``), which is what the SDKs' ``get_host(port)`` is for; another port in the
+headers answers 502. Presigned ``/files`` URLs carry neither: their
 signature says which sandbox they are for. The control plane (``/sandboxes``, ``/v2/...``,
 ``/templates``...) needs the API key, like corral's own API, and its paths do not overlap
 corral's (``/v1/...``, ``/health``, ``/metrics``, ``/docs``, ``/openapi.json``).
@@ -65,7 +67,10 @@ class E2BCompat:
             port = headers.get("e2b-sandbox-port", str(ENVD_PORT))
             return lambda s, r, w: self._sandbox(sandbox_id, port, s, r, w)
         host = self._host_route(headers.get("host", ""))
-        if host is not None and (self.domain is not None or self._known(scope, host[1])):
+        if host is not None and host[0] in (str(ENVD_PORT), str(INTERPRETER_PORT)) and (
+            self.domain is not None or self._known(scope, host[1])
+        ):
+            # Other ports are servers inside the sandbox: corral's port URLs (server/ports.py) serve them.
             return lambda s, r, w: self._sandbox(host[1], host[0], s, r, w)
         if path == "/files" and b"signature=" in scope.get("query_string", b""):
             return self._presigned
