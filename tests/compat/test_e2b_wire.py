@@ -141,6 +141,7 @@ def test_bad_control_plane_input(e2b_api: httpx.Client, created: dict) -> None:
         ("POST", "/v2/sandboxes", {"templateID": "base", "timeout": 10**9}, 400),
         ("POST", "/v2/sandboxes", {"templateID": "base", "envVars": {"1BAD": "x"}}, 400),
         ("POST", "/v2/sandboxes", {"templateID": "base", "network": {"denyOut": ["1.2.3.4"]}}, 501),
+        ("POST", "/v2/sandboxes", {"templateID": "base", "network": "open"}, 400),
         ("POST", "/v2/sandboxes", {"templateID": "base", "autoPause": True}, 501),
         ("POST", "/v2/sandboxes", {"templateID": "nope"}, 404),
         ("POST", f"/sandboxes/{sid}/timeout", {"timeout": "soon"}, 400),

@@ -34,12 +34,13 @@ PATH = re.compile(r"/v1/sandboxes/(?P<sandbox_id>[a-z0-9]+)/ports/(?P<port>\d{1,
 TOKEN_HEADER = "x-corral-traffic-token"
 TOKEN_QUERY = "traffic_token"
 TOKEN_COOKIE = "corral_traffic_token"
+E2B_TOKEN_HEADER = "e2b-traffic-access-token"  # what E2B's SDKs and docs send (compat/e2b hands it out)
 # Not forwarded either way: hop-by-hop headers, and corral's own credentials.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host",
 })  # fmt: skip
-PRIVATE = frozenset({"x-api-key", TOKEN_HEADER})
+PRIVATE = frozenset({"x-api-key", TOKEN_HEADER, E2B_TOKEN_HEADER})
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
 
 def _token(scope: dict[str, Any]) -> tuple[str | None, bool]:
     """The traffic token the request carries, and whether it came in the query (set a cookie)."""
-    if header := _header(scope, TOKEN_HEADER.encode()):
+    if header := _header(scope, TOKEN_HEADER.encode()) or _header(scope, E2B_TOKEN_HEADER.encode()):
         return header, False
     query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
     if TOKEN_QUERY in query:

@@ -224,10 +224,10 @@ def op_read(conn, req):
 def op_write(conn, req):
     pw = get_user(req)
     path = f_path(req, "path", pw)
-    metadata = f_metadata(req)
     err = None
     with FsIdentity(pw):
         try:
+            metadata = f_metadata(req)  # refused after the upload is drained, as any error here
             parent = os.path.dirname(path)
             if parent:
                 try:

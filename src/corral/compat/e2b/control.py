@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, parse_qsl
 from pydantic import ValidationError
 
 from ... import __version__, errors
-from ...manager import Manager, SandboxRecord
+from ...manager import Manager, SandboxRecord, traffic_token
 from ...schema import CreateSandbox
 from ...templates import list_templates
 from .asgi import Scope, json_object, read_body, send_empty, send_json, str_map
@@ -92,11 +92,13 @@ class Control:
         _refuse_unsupported(body)
         timeout = body.get("timeout")
         internet = body.get("allow_internet_access", True)
+        public = (body.get("network") or {}).get("allowPublicTraffic")
         try:
             req = CreateSandbox.model_validate({
                 "template": TEMPLATES.get(template, template), "timeout": timeout,
                 "metadata": str_map(body, "metadata"), "envs": str_map(body, "envVars"),
                 "internet": internet if internet is not None else True,
+                "public_ports": public is not False,
             })
         except ValidationError as e:
             raise E2BError(400, _validation_message(e)) from None
@@ -229,7 +231,8 @@ class Control:
         return {
             "templateID": name, "alias": name, "sandboxID": rec.id, "clientID": "corral",
             "envdVersion": ENVD_VERSION, "envdAccessToken": access_token(self.m, rec.id),
-            "trafficAccessToken": None, "domain": self.domain,
+            # Private port URLs (allowPublicTraffic=false) ask for it, in E2B's header or corral's.
+            "trafficAccessToken": None if rec.public_ports else traffic_token(rec), "domain": self.domain,
         }
 
     def _listed(self, rec: SandboxRecord) -> dict[str, Any]:
@@ -292,8 +295,6 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
     for key in ("allowOut", "denyOut", "egressProxy", "rules", "dnsServers", "maskRequestHost", "httpsPorts"):
         if network.get(key):
             raise unsupported(f"network.{key}")
-    if network.get("allowPublicTraffic") is False:
-        raise unsupported("network.allowPublicTraffic=false (traffic access tokens)")
 
 
 def _not_offered(method: str, path: str) -> E2BError:
