@@ -315,6 +315,26 @@ class NamespaceBackend(Backend):
         with contextlib.suppress(OSError):
             self._save_state(handle)
 
+    async def set_network(self, handle: SandboxHandle, internet: bool, allow: list[str], deny: list[str]) -> None:
+        st = handle.state
+        policy = bool(allow or deny)
+        if policy:
+            await network.set_policy(st["veth"], allow, deny, internet)
+        # With rules, the sandbox's own chain decides (see network.set_policy).
+        await network.set_internet(st["veth"], internet or policy)
+        if not policy and st.get("policy"):
+            await network.remove_policy(st["veth"])
+        st["internet"] = internet
+        st["policy"] = {"allow": allow, "deny": deny} if allow or deny else None
+        with contextlib.suppress(OSError):
+            self._save_state(handle)
+
+    async def network_stats(self, handle: SandboxHandle) -> dict[str, Any]:
+        veth = handle.state["veth"]
+        blocked, destinations = await network.policy_stats(veth) if handle.state.get("policy") else (0, [])
+        out, into = network.traffic_bytes(veth)
+        return {"blocked": blocked, "blocked_destinations": destinations, "bytes_out": out, "bytes_in": into}
+
     async def is_alive(self, handle: SandboxHandle) -> bool:
         pid, start = handle.state.get("pid"), handle.state.get("start_time")
         if not pid or start is None:
@@ -395,7 +415,7 @@ class NamespaceBackend(Backend):
         await step("stop", lambda: self.stop(handle))
         # Network teardown takes ~35 ms of ip/nft: run it while unmounting.
         veth = st.get("veth") or network.veth_name(sid)
-        net = asyncio.ensure_future(step("network", lambda: _teardown_network(sid, veth)))
+        net = asyncio.ensure_future(step("network", lambda: _teardown_network(sid, veth, bool(st.get("policy")))))
         await step("unmount", lambda: _unmount_all(sdir))
         version = int(st.get("cgroup_version") or self._cg_version or cgroups.detect_version() or 1)
         await step("cgroups", lambda: cgroups.SandboxCgroup(version, sid).remove())
@@ -500,8 +520,10 @@ def _iterdir(path: Path) -> list[Path]:
         return []
 
 
-async def _teardown_network(sid: str, veth: str) -> None:
-    await asyncio.gather(network.set_internet(veth, False), network.destroy(sid, veth))
+async def _teardown_network(sid: str, veth: str, policy: bool) -> None:
+    await asyncio.gather(
+        network.set_internet(veth, False), network.destroy(sid, veth), *([network.remove_policy(veth)] if policy else [])
+    )
 
 
 def _unmount_all(sdir: Path) -> None:
