@@ -3,6 +3,7 @@ namespace this test makes, with an HTTP server on two addresses, reached through
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -18,6 +19,29 @@ from corral.backends.namespace.network import veth_name
 from helpers import ServerProcess, wait_until
 
 pytestmark = pytest.mark.privileged
+
+
+# The test world's DNS zone, served from its first address: a name to an address ("a"/"b").
+ZONE = {"a.test.corral": "a", "b.test.corral": "b", "x.sub.test.corral": "a"}
+DNS_SERVER = r"""
+import socket, struct, sys, json
+zone = json.loads(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[2], 53))
+while True:
+    q, addr = s.recvfrom(512)
+    qid, flags = struct.unpack("!HH", q[:4])
+    off, labels = 12, []
+    while q[off]:
+        labels.append(q[off + 1 : off + 1 + q[off]].decode()); off += 1 + q[off]
+    qtype = struct.unpack("!H", q[off + 1 : off + 3])[0]
+    end, name = off + 5, ".".join(labels).lower()
+    rcode, answers = (0, []) if name in zone else (3, [])
+    if name in zone and qtype == 1:
+        answers = [b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(zone[name])]
+    head = struct.pack("!HHHHHH", qid, 0x8180 | rcode, 1, len(answers), 0, 0)
+    s.sendto(head + q[12:end] + b"".join(answers), addr)
+"""
 
 
 def ip(*args: str, check: bool = True) -> None:
@@ -56,7 +80,14 @@ def world() -> Iterator[tuple[str, str]]:
                     return False
 
             wait_until(up, timeout=20, what="the test world's HTTP server")
-            yield a, b
+            zone = {name: a if which == "a" else b for name, which in ZONE.items()}
+            dns = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", DNS_SERVER, json.dumps(zone), a],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            try:
+                yield a, b
+            finally:
+                dns.kill()
+                dns.wait()
         finally:
             if server is not None:
                 server.kill()
@@ -125,7 +156,7 @@ def test_bytes_in_and_out_are_counted(world: tuple[str, str], api: dict[str, str
 
 def test_bad_entries_are_refused(api: dict[str, str], corral_server: ServerProcess) -> None:
     with corral_server.client() as http:
-        for entry in ("example.com", "*.github.com", "::1", "2001:db8::/32", "300.1.1.1", ""):
+        for entry in ("exa mple.com", "*github.com", "::1", "2001:db8::/32", "300.1.1.1", "", "a.*.com", "-x.com"):
             r = http.post("/v1/sandboxes", json={"deny_out": [entry]})
             assert r.status_code == 400 and r.json()["code"] == "invalid_request", (entry, r.text)
         with Sandbox.create(**api) as s:
@@ -137,7 +168,7 @@ def test_bad_entries_are_refused(api: dict[str, str], corral_server: ServerProce
 
 def test_a_killed_sandbox_leaves_no_rules(world: tuple[str, str], api: dict[str, str]) -> None:
     a, _ = world
-    s = Sandbox.create(deny_out=[a], **api)
+    s = Sandbox.create(deny_out=[a, "c.test.corral"], **api)  # by address and by name
     chain = f"p_{veth_name(s.sandbox_id)}"
     assert subprocess.run(["nft", "list", "chain", "inet", "corral", chain], capture_output=True).returncode == 0
     s.kill()
@@ -148,3 +179,51 @@ def test_a_killed_sandbox_leaves_no_rules(world: tuple[str, str], api: dict[str,
         return chain not in listed and veth_name(s.sandbox_id) not in listed
 
     wait_until(gone, timeout=30, what="the sandbox's rules to go")
+
+
+# ------------------------------------------------------------------------- rules by name
+@pytest.fixture(scope="module")
+def dns_server(world: tuple[str, str]) -> Iterator[ServerProcess]:
+    """A corral server whose DNS filter asks the test world's zone."""
+    server = ServerProcess(pool_size=0, extra_env={"CORRAL_DNS_UPSTREAM": f"{world[0]}:53"}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.remove_dirs()
+
+
+def by_name(s: Sandbox, name: str) -> str:
+    r = s.commands.run(f"curl -s -o /dev/null -w '%{{http_code}}' -m 4 http://{name}/ || true", timeout=20)
+    return r.stdout.strip()
+
+
+def test_a_denied_name_does_not_resolve(dns_server: ServerProcess) -> None:
+    with Sandbox.create(deny_out=["a.test.corral"], api_key=dns_server.api_key, api_url=dns_server.url) as s:
+        assert by_name(s, "b.test.corral") == "200"
+        assert by_name(s, "a.test.corral") == "000"
+        assert s.commands.run("getent hosts a.test.corral || echo refused").stdout.strip() == "refused"
+        info = s.get_network()
+        assert info.deny_out == ["a.test.corral"] and info.blocked >= 1
+        assert "a.test.corral" in [d["address"] for d in info.blocked_destinations]
+
+
+def test_allowed_names_open_their_addresses_with_internet_off(world: tuple[str, str], dns_server: ServerProcess) -> None:
+    a, _ = world
+    with Sandbox.create(internet=False, allow_out=["b.test.corral", "*.sub.test.corral"],
+                        api_key=dns_server.api_key, api_url=dns_server.url) as s:  # fmt: skip
+        assert by_name(s, "b.test.corral") == "200"
+        assert by_name(s, "a.test.corral") == "000"  # not allowed: no answer, no route
+        assert status(s, a) == "000"  # a by address: internet is off
+        assert by_name(s, "x.sub.test.corral") == "200"  # a wildcard name, resolving to a: a opens
+        assert status(s, a) == "200"
+
+
+def test_rules_by_name_change_live(dns_server: ServerProcess) -> None:
+    # (Only a sandbox with rules by name asks corral's resolver, hence the zone of the test world.)
+    with Sandbox.create(deny_out=["c.test.corral"], api_key=dns_server.api_key, api_url=dns_server.url) as s:
+        assert by_name(s, "a.test.corral") == "200"
+        s.update_network(deny_out=["*.test.corral"])
+        assert by_name(s, "a.test.corral") == "000" and by_name(s, "b.test.corral") == "000"
+        s.update_network(deny_out=["c.test.corral"])
+        assert by_name(s, "b.test.corral") == "200"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -22,8 +23,12 @@ def _check_envs(envs: dict[str, str]) -> dict[str, str]:
     return envs
 
 
+DOMAIN_PATTERN = re.compile(r"(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)+[a-z][a-z0-9-]{0,62}")
+
+
 def _check_destinations(entries: list[str] | None) -> list[str] | None:
-    """Egress entries: IPv4 addresses or CIDRs, normalized (``10.1.2.3/8`` -> ``10.0.0.0/8``)."""
+    """Egress entries: IPv4 addresses or CIDRs, normalized (``10.1.2.3/8`` -> ``10.0.0.0/8``), or
+    domain names (``example.com``; ``*.example.com`` for any name under it), lowercased."""
     if entries is None:
         return None
     if len(entries) > 256:
@@ -33,9 +38,13 @@ def _check_destinations(entries: list[str] | None) -> list[str] | None:
         try:
             net = ipaddress.ip_network(entry.strip(), strict=False)
         except ValueError:
-            raise ValueError(
-                f"{entry[:80]!r} is not an IPv4 address or CIDR (rules by domain name are not supported yet)"
-            ) from None
+            name = entry.strip().lower().rstrip(".")
+            if not DOMAIN_PATTERN.fullmatch(name):
+                raise ValueError(
+                    f"{entry[:80]!r} is neither an IPv4 address or CIDR nor a domain name (example.com, *.example.com)"
+                ) from None
+            out.append(name)
+            continue
         if net.version != 4:
             raise ValueError(f"{entry!r}: sandboxes have no IPv6 egress to allow or deny")
         out.append(str(net))
@@ -59,9 +68,12 @@ class CreateSandbox(Strict):
         True, description="Servers inside are reachable through the port URLs without a token; false asks for its traffic_token."
     )
     allow_out: list[str] = Field(
-        default_factory=list, description="IPv4 addresses or CIDRs always reachable, internet on or off."
+        default_factory=list,
+        description="IPv4 addresses or CIDRs, or domain names (example.com, *.example.com), always reachable, internet on or off.",
     )
-    deny_out: list[str] = Field(default_factory=list, description="IPv4 addresses or CIDRs refused (allow_out wins).")
+    deny_out: list[str] = Field(
+        default_factory=list, description="IPv4 addresses or CIDRs, or domain names, refused (allow_out wins)."
+    )
 
     _destinations = field_validator("allow_out", "deny_out")(classmethod(lambda cls, v: _check_destinations(v)))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hmac
 import json
 import logging
@@ -69,7 +70,7 @@ class Manager:
 
         backend = load_backend(
             settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet,
-            ca_bundle=settings.ca_bundle,
+            ca_bundle=settings.ca_bundle, dns_upstream=settings.dns_upstream,
         )  # fmt: skip
         return cls(settings, backend, Store(settings.db_path))
 
@@ -93,6 +94,10 @@ class Manager:
                     rec.url_secret = secrets.token_hex(32)
                     self.store.update(rec.id, url_secret=rec.url_secret)
                 self._adopt(rec, handle)
+                policy = handle.state.get("policy")
+                if policy:  # rules by name need this server's DNS resolver: applied again
+                    with contextlib.suppress(errors.CorralError, OSError, RuntimeError):
+                        await self.backend.set_network(handle, rec.internet, policy["allow"], policy["deny"])
                 self.store.add_event(rec.id, "reattached")
                 log.info("reattached sandbox %s", rec.id)
             else:
