@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -21,6 +23,34 @@ def _check_envs(envs: dict[str, str]) -> dict[str, str]:
     return envs
 
 
+DOMAIN_PATTERN = re.compile(r"(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)+[a-z][a-z0-9-]{0,62}")
+
+
+def _check_destinations(entries: list[str] | None) -> list[str] | None:
+    """Egress entries: IPv4 addresses or CIDRs, normalized (``10.1.2.3/8`` -> ``10.0.0.0/8``), or
+    domain names (``example.com``; ``*.example.com`` for any name under it), lowercased."""
+    if entries is None:
+        return None
+    if len(entries) > 256:
+        raise ValueError("at most 256 entries")
+    out = []
+    for entry in entries:
+        try:
+            net = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            name = entry.strip().lower().rstrip(".")
+            if not DOMAIN_PATTERN.fullmatch(name):
+                raise ValueError(
+                    f"{entry[:80]!r} is neither an IPv4 address or CIDR nor a domain name (example.com, *.example.com)"
+                ) from None
+            out.append(name)
+            continue
+        if net.version != 4:
+            raise ValueError(f"{entry!r}: sandboxes have no IPv6 egress to allow or deny")
+        out.append(str(net))
+    return out
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,6 +67,15 @@ class CreateSandbox(Strict):
     public_ports: bool = Field(
         True, description="Servers inside are reachable through the port URLs without a token; false asks for its traffic_token."
     )
+    allow_out: list[str] = Field(
+        default_factory=list,
+        description="IPv4 addresses or CIDRs, or domain names (example.com, *.example.com), always reachable, internet on or off.",
+    )
+    deny_out: list[str] = Field(
+        default_factory=list, description="IPv4 addresses or CIDRs, or domain names, refused (allow_out wins)."
+    )
+
+    _destinations = field_validator("allow_out", "deny_out")(classmethod(lambda cls, v: _check_destinations(v)))
 
     @field_validator("metadata")
     @classmethod
@@ -119,6 +158,30 @@ class CodeContext(BaseModel):
 class CodeContextList(BaseModel):
     contexts: list[CodeContext]
     languages: list[str] = Field(default_factory=list, description="The languages this sandbox's template has.")
+
+
+class UpdateNetwork(Strict):
+    internet: bool | None = Field(None, description="Unchanged when left out.")
+    allow_out: list[str] | None = Field(None, description="Replaces the list; unchanged when left out.")
+    deny_out: list[str] | None = Field(None, description="Replaces the list; unchanged when left out.")
+
+    _destinations = field_validator("allow_out", "deny_out")(classmethod(lambda cls, v: _check_destinations(v)))
+
+
+class BlockedDestination(BaseModel):
+    address: str
+    port: int
+    packets: int
+
+
+class NetworkInfo(BaseModel):
+    internet: bool
+    allow_out: list[str]
+    deny_out: list[str]
+    blocked: int = Field(..., description="Packets refused by the egress rules.")
+    blocked_destinations: list[BlockedDestination] = Field(..., description="Where they were going (last 1024).")
+    bytes_out: int
+    bytes_in: int
 
 
 class PortInfo(BaseModel):

@@ -41,6 +41,10 @@ class Settings(BaseModel):
         description="Port URLs are <port>-<sandbox id>.<domain> on the API's port; a wildcard DNS name the operator "
         "points at corral, or localhost (browsers resolve *.localhost to loopback) (CORRAL_DOMAIN).",
     )
+    dns_upstream: str | None = Field(
+        None, description="host[:port] of the resolver that corral's DNS filter (sandboxes with rules by domain name) "
+        "asks; the host's first nameserver by default (CORRAL_DNS_UPSTREAM).",
+    )
     ca_bundle: str = Field(
         "/etc/ssl/certs/ca-certificates.crt",
         description="The host's CA certificates, bound read-only over each sandbox's system bundle so code inside "

@@ -455,3 +455,11 @@ def test_private_ports_with_a_traffic_token(e2b_env: ServerProcess) -> None:
         assert httpx.get(url, headers={**host, "e2b-traffic-access-token": "wrong"}).status_code in (401, 403)
     with Sandbox.create() as public:
         assert public.traffic_access_token is None
+
+
+def test_network_rules_through_the_sdk(e2b_env: ServerProcess) -> None:
+    with Sandbox.create(network={"deny_out": ["10.200.0.0/16"]}) as sbx, e2b_env.client() as corral_api:
+        assert corral_api.get(f"/v1/sandboxes/{sbx.sandbox_id}/network").json()["deny_out"] == ["10.200.0.0/16"]
+        sbx.update_network({"allow_out": ["10.200.1.1"], "deny_out": ["10.200.0.0/16"]})
+        net = corral_api.get(f"/v1/sandboxes/{sbx.sandbox_id}/network").json()
+        assert net["allow_out"] == ["10.200.1.1/32"] and net["deny_out"] == ["10.200.0.0/16"]

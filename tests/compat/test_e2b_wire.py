@@ -140,7 +140,11 @@ def test_bad_control_plane_input(e2b_api: httpx.Client, created: dict) -> None:
         ("POST", "/v2/sandboxes", {"templateID": 5}, 400),
         ("POST", "/v2/sandboxes", {"templateID": "base", "timeout": 10**9}, 400),
         ("POST", "/v2/sandboxes", {"templateID": "base", "envVars": {"1BAD": "x"}}, 400),
-        ("POST", "/v2/sandboxes", {"templateID": "base", "network": {"denyOut": ["1.2.3.4"]}}, 501),
+        ("POST", "/v2/sandboxes", {"templateID": "base", "network": {"rules": {"a.com": []}}}, 501),
+        ("POST", "/v2/sandboxes", {"templateID": "base", "network": {"denyOut": ["not a host!"]}}, 400),
+        ("PUT", f"/sandboxes/{sid}/network", {"egressProxy": {"address": "p:1"}}, 501),
+        ("PUT", f"/sandboxes/{sid}/network", {"allowOut": "10.0.0.1"}, 400),
+        ("PUT", "/sandboxes/nope/network", {}, 404),
         ("POST", "/v2/sandboxes", {"templateID": "base", "network": "open"}, 400),
         ("POST", "/v2/sandboxes", {"templateID": "base", "autoPause": True}, 501),
         ("POST", "/v2/sandboxes", {"templateID": "nope"}, 404),
@@ -235,3 +239,20 @@ def test_keepalives_and_processes_outliving_their_stream(corral_server: ServerPr
     frames = parse_envelopes(again.content)
     assert frames[0][1] == {"event": {"start": {"pid": pid}}}
     assert (0, {"event": {"data": {"stdout": "bGF0ZQo="}}}) in frames  # "late\n"
+
+
+def test_egress_rules_map_onto_corrals(e2b_api: httpx.Client) -> None:
+    body = {"templateID": "base", "network": {"allowOut": ["10.9.9.9", "example.com"], "denyOut": ["0.0.0.0/0"]}}
+    sbx = e2b_api.post("/v2/sandboxes", json=body).json()
+    sid = sbx["sandboxID"]
+    try:
+        net = e2b_api.get(f"/v1/sandboxes/{sid}/network").json()  # corral's own view of the same rules
+        assert net["allow_out"] == ["10.9.9.9/32", "example.com"] and net["deny_out"] == ["0.0.0.0/0"]
+        assert e2b_api.put(f"/sandboxes/{sid}/network", json={"denyOut": ["1.2.3.4"]}).status_code == 204
+        net = e2b_api.get(f"/v1/sandboxes/{sid}/network").json()
+        assert net["allow_out"] == [] and net["deny_out"] == ["1.2.3.4/32"]  # what PUT leaves out is cleared
+        assert e2b_api.put(f"/sandboxes/{sid}/network", json={"allow_internet_access": False}).status_code == 204
+        net = e2b_api.get(f"/v1/sandboxes/{sid}/network").json()
+        assert net["internet"] is False and net["deny_out"] == []
+    finally:
+        e2b_api.delete(f"/sandboxes/{sid}")

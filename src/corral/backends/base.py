@@ -87,6 +87,15 @@ class Backend:
         """CPU, memory and disk use of a running sandbox, read from the host (not from inside)."""
         raise NotImplementedError
 
+    async def set_network(self, handle: SandboxHandle, internet: bool, allow: list[str], deny: list[str]) -> None:
+        """Egress: internet on or off; destinations (IPv4 addresses or CIDRs) always allowed, or refused
+        (counted, with their address and port). Applied to a running sandbox at once."""
+        raise NotImplementedError
+
+    async def network_stats(self, handle: SandboxHandle) -> dict[str, Any]:
+        """``{"blocked": packets, "blocked_destinations": [{address, port, packets}], "bytes_out", "bytes_in"}``."""
+        raise NotImplementedError
+
     def address(self, handle: SandboxHandle) -> str:
         """The IP address at which the host reaches servers listening inside the sandbox."""
         raise NotImplementedError

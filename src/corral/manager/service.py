@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hmac
 import json
 import logging
@@ -22,7 +23,7 @@ from typing import Any
 from .. import errors
 from ..agent.client import AgentClient
 from ..backends import Backend, Limits, SandboxHandle, SandboxSpec
-from ..schema import CreateSandbox, RunCode, RunCommand
+from ..schema import CreateSandbox, RunCode, RunCommand, UpdateNetwork
 from ..settings import Settings
 from ..store import SandboxRecord, Store
 from ..templates import template_path
@@ -70,7 +71,7 @@ class Manager:
 
         backend = load_backend(
             settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet,
-            ca_bundle=settings.ca_bundle,
+            ca_bundle=settings.ca_bundle, dns_upstream=settings.dns_upstream,
         )  # fmt: skip
         return cls(settings, backend, Store(settings.db_path))
 
@@ -94,6 +95,10 @@ class Manager:
                     rec.url_secret = secrets.token_hex(32)
                     self.store.update(rec.id, url_secret=rec.url_secret)
                 self._adopt(rec, handle)
+                policy = handle.state.get("policy")
+                if policy:  # rules by name need this server's DNS resolver: applied again
+                    with contextlib.suppress(errors.CorralError, OSError, RuntimeError):
+                        await self.backend.set_network(handle, rec.internet, policy["allow"], policy["deny"])
                 self.store.add_event(rec.id, "reattached")
                 log.info("reattached sandbox %s", rec.id)
             else:
@@ -152,6 +157,8 @@ class Manager:
         lv = self._adopt(rec, handle)
         try:
             await self.backend.configure(handle, limits, req.internet)
+            if req.allow_out or req.deny_out:
+                await self.backend.set_network(handle, req.internet, req.allow_out, req.deny_out)
             if req.envs:
                 await lv.agent.configure(envs=req.envs, hostname=sandbox_id)
         except BaseException:
@@ -410,6 +417,29 @@ class Manager:
 
     async def remove_code_context(self, sandbox_id: str, context_id: str) -> None:
         await self._running(sandbox_id).agent.code_call({"op": "remove_context", "id": context_id})
+
+    # ----------------------------------------------------------------- network
+
+    async def network_info(self, sandbox_id: str) -> dict[str, Any]:
+        """The egress policy in force, what it refused, and the bytes in and out."""
+        lv = self._running(sandbox_id)
+        policy = lv.handle.state.get("policy") or {}
+        stats = await self.backend.network_stats(lv.handle)
+        return {"internet": lv.record.internet, "allow_out": policy.get("allow", []),
+                "deny_out": policy.get("deny", []), **stats}  # fmt: skip
+
+    async def update_network(self, sandbox_id: str, req: UpdateNetwork) -> dict[str, Any]:
+        """Change internet access and the allow/deny lists of a running sandbox, at once."""
+        lv = self._running(sandbox_id)
+        policy = lv.handle.state.get("policy") or {}
+        internet = lv.record.internet if req.internet is None else req.internet
+        allow = policy.get("allow", []) if req.allow_out is None else req.allow_out
+        deny = policy.get("deny", []) if req.deny_out is None else req.deny_out
+        await self.backend.set_network(lv.handle, internet, allow, deny)
+        lv.record.internet = internet
+        self.store.update(sandbox_id, internet=internet, backend_state=lv.handle.state)
+        self.store.add_event(sandbox_id, "network", internet=internet, allow_out=allow, deny_out=deny)
+        return await self.network_info(sandbox_id)
 
     # ----------------------------------------------------------------- ports
 

@@ -184,3 +184,24 @@ class PortInfo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PortInfo:
         return cls(port=int(d["port"]), url=d["url"], path_url=d["path_url"])
+
+
+@dataclass
+class NetworkInfo:
+    """A sandbox's egress policy, what it refused (packets, and where they were going), and its traffic."""
+
+    internet: bool
+    allow_out: list[str]
+    deny_out: list[str]
+    blocked: int
+    blocked_destinations: list[dict[str, Any]]
+    bytes_out: int
+    bytes_in: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NetworkInfo:
+        return cls(
+            internet=bool(d["internet"]), allow_out=list(d["allow_out"]), deny_out=list(d["deny_out"]),
+            blocked=int(d["blocked"]), blocked_destinations=list(d["blocked_destinations"]),
+            bytes_out=int(d["bytes_out"]), bytes_in=int(d["bytes_in"]),
+        )  # fmt: skip

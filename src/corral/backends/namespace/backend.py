@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from typing import Any
 
 from ... import errors
 from ..base import Backend, Limits, Probe, SandboxHandle, SandboxSpec, Usage
-from . import bwrap, cgroups, network, overlay, seccomp
+from . import bwrap, cgroups, dns, network, overlay, seccomp
 from .userns import HOST_UID_BASE, SharedUserNamespace
 
 log = logging.getLogger("corral.backends.namespace")
@@ -85,12 +86,15 @@ class NamespaceBackend(Backend):
         agent_path: Path | None = None,
         subnet: str = "10.213.0.0/16",
         ca_bundle: str | None = None,
+        dns_upstream: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.data_dir = Path(data_dir)
         self.agent_path = Path(agent_path) if agent_path else _default_agent_path()
         self.subnet = subnet
         self.ca_bundle = Path(ca_bundle) if ca_bundle and Path(ca_bundle).is_file() else None
+        self.dns_upstream = dns_upstream
+        self._resolver: tuple[dns.Resolver, int] | None = None  # started with the first rule by name
         self.pool = network.IpPool(subnet)
         self._userns = SharedUserNamespace()
         self._seccomp: bytes = b""  # the BPF program, built once
@@ -344,6 +348,47 @@ class NamespaceBackend(Backend):
             disk_used=(vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize, disk_total=vfs.f_blocks * vfs.f_frsize,
         )
 
+    async def set_network(self, handle: SandboxHandle, internet: bool, allow: list[str], deny: list[str]) -> None:
+        st = handle.state
+        policy = bool(allow or deny)
+        names = [p for p in (*allow, *deny) if not _is_cidr(p)]
+        dns_port = None
+        if names:
+            resolver, dns_port = await self._dns()
+            resolver.rules[st["ip"]] = dns.DomainRules(
+                st["veth"], [p for p in allow if not _is_cidr(p)], [p for p in deny if not _is_cidr(p)], internet
+            )
+        elif self._resolver is not None:
+            self._resolver[0].rules.pop(st["ip"], None)
+        if policy:
+            cidrs = ([p for p in allow if _is_cidr(p)], [p for p in deny if _is_cidr(p)])
+            await network.set_policy(st["veth"], *cidrs, internet, dns_port)
+        # With rules, the sandbox's own chain decides (see network.set_policy).
+        await network.set_internet(st["veth"], internet or policy)
+        if not policy and st.get("policy"):
+            await network.remove_policy(st["veth"])
+        st["internet"] = internet
+        st["policy"] = {"allow": allow, "deny": deny} if allow or deny else None
+        with contextlib.suppress(OSError):
+            self._save_state(handle)
+
+    async def _dns(self) -> tuple[dns.Resolver, int]:
+        if self._resolver is None:
+            upstream = self.dns_upstream or next(iter(network.host_nameservers()), "127.0.0.53")
+            host, _, port = upstream.partition(":")
+            self._resolver = await dns.start((host, int(port or 53)), network.allow_addresses)
+        return self._resolver
+
+    async def network_stats(self, handle: SandboxHandle) -> dict[str, Any]:
+        veth = handle.state["veth"]
+        blocked, destinations = await network.policy_stats(veth) if handle.state.get("policy") else (0, [])
+        rules = self._resolver[0].rules.get(handle.state["ip"]) if self._resolver else None
+        if rules is not None:  # names refused by the resolver
+            blocked += sum(rules.blocked.values())
+            destinations += [{"address": name, "port": 53, "packets": n} for name, n in rules.blocked.items()]
+        out, into = network.traffic_bytes(veth)
+        return {"blocked": blocked, "blocked_destinations": destinations, "bytes_out": out, "bytes_in": into}
+
     async def is_alive(self, handle: SandboxHandle) -> bool:
         pid, start = handle.state.get("pid"), handle.state.get("start_time")
         if not pid or start is None:
@@ -422,9 +467,11 @@ class NamespaceBackend(Backend):
                 log.warning("cleanup of sandbox %s: %s failed: %s", sid, what, e)
 
         await step("stop", lambda: self.stop(handle))
+        if self._resolver is not None and st.get("ip"):
+            self._resolver[0].rules.pop(st["ip"], None)
         # Network teardown takes ~35 ms of ip/nft: run it while unmounting.
         veth = st.get("veth") or network.veth_name(sid)
-        net = asyncio.ensure_future(step("network", lambda: _teardown_network(sid, veth)))
+        net = asyncio.ensure_future(step("network", lambda: _teardown_network(sid, veth, bool(st.get("policy")))))
         await step("unmount", lambda: _unmount_all(sdir))
         version = int(st.get("cgroup_version") or self._cg_version or cgroups.detect_version() or 1)
         await step("cgroups", lambda: cgroups.SandboxCgroup(version, sid).remove())
@@ -496,6 +543,10 @@ class NamespaceBackend(Backend):
     async def close(self) -> None:
         """Release the userns fd; running sandboxes keep running (a new server reattaches)."""
         self._userns.close()
+        if self._resolver is not None:
+            if self._resolver[0].transport is not None:
+                self._resolver[0].transport.close()
+            self._resolver = None
         self._ready = False
         with contextlib.suppress(OSError):
             overlay.release_run_tmpfs(self.run_dir)
@@ -529,8 +580,10 @@ def _iterdir(path: Path) -> list[Path]:
         return []
 
 
-async def _teardown_network(sid: str, veth: str) -> None:
-    await asyncio.gather(network.set_internet(veth, False), network.destroy(sid, veth))
+async def _teardown_network(sid: str, veth: str, policy: bool) -> None:
+    await asyncio.gather(
+        network.set_internet(veth, False), network.destroy(sid, veth), *([network.remove_policy(veth)] if policy else [])
+    )
 
 
 def _unmount_all(sdir: Path) -> None:
@@ -559,3 +612,12 @@ def _stale_foreign_ids(run_dir: Path, known: set[str], grace: float = 60.0) -> s
         except OSError:
             continue
     return found
+
+
+def _is_cidr(entry: str) -> bool:
+    """An IPv4 address or CIDR, not a domain name (the API's schema checked both)."""
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True

@@ -173,15 +173,27 @@ def ruleset(subnet: str, no_router: bool) -> str:
     lines = [
         f"add table inet {TABLE}",
         f"add set inet {TABLE} internet_on {{ type ifname; }}",
+        f"add map inet {TABLE} policies {{ type ifname : verdict; }}",
+        f"add map inet {TABLE} dns_redirect {{ type ifname : verdict; }}",
         f"add chain inet {TABLE} input {{ type filter hook input priority -10; policy accept; }}",
         f"add chain inet {TABLE} forward {{ type filter hook forward priority -10; policy accept; }}",
         f"add chain inet {TABLE} postrouting {{ type nat hook postrouting priority 100; policy accept; }}",
+        # Before forward: a sandbox with egress rules jumps to its own chain (see set_policy).
+        f"add chain inet {TABLE} egress {{ type filter hook forward priority -20; policy accept; }}",
+        f"flush chain inet {TABLE} egress",
+        f"add rule inet {TABLE} egress iifname {v} iifname vmap @policies",
+        # A sandbox with rules by domain name has its DNS queries sent to corral's resolver (dns.py).
+        f"add chain inet {TABLE} prerouting {{ type nat hook prerouting priority -100; policy accept; }}",
+        f"flush chain inet {TABLE} prerouting",
+        f"add rule inet {TABLE} prerouting iifname {v} iifname vmap @dns_redirect",
         f"flush chain inet {TABLE} input",
         f"flush chain inet {TABLE} forward",
         f"flush chain inet {TABLE} postrouting",
         # SECURITY: the host itself (every address it has, the control API included) is
         # unreachable from sandboxes; only answers to connections the host opened come back.
         f"add rule inet {TABLE} input iifname {v} ct state established,related accept",
+        # ...except what the prerouting chain redirected: DNS queries for corral's resolver.
+        f"add rule inet {TABLE} input iifname {v} ct status dnat meta l4proto udp accept",
         f"add rule inet {TABLE} input iifname {v} drop",
         # SECURITY: no sandbox-to-sandbox traffic, no cloud metadata, no IPv6 out.
         f"add rule inet {TABLE} forward iifname {v} oifname {v} drop",
@@ -221,6 +233,130 @@ async def set_internet(veth: str, on: bool) -> None:
     if not on:
         script += f'delete element inet {TABLE} internet_on {{ "{veth}" }}\n'
     await run(["nft", "-f", "-"], input=script)
+
+
+# ---- egress rules --------------------------------------------------------------------------
+#
+# A sandbox with allow/deny lists gets a chain p_<veth>, jumped to through the `policies` verdict
+# map from the `egress` chain (which runs before `forward`), a dynamic set b_<veth> of the
+# destinations it was refused (address and port) and a named counter n_<veth> of refused packets.
+# Its veth is then in internet_on whatever its internet flag, and p_<veth> does the filtering:
+# allowed destinations pass (to `forward`, whose SECURITY rules still apply), denied ones, and with
+# internet off everything else, are counted and dropped.
+
+
+def _policy_names(veth: str) -> tuple[str, str, str]:
+    return f"p_{veth}", f"b_{veth}", f"n_{veth}"
+
+
+def _dns_names(veth: str) -> tuple[str, str]:
+    return f"d_{veth}", f"a_{veth}"  # the DNS redirect chain, the addresses allowed names resolved to
+
+
+async def set_policy(
+    veth: str, allow: Iterable[str], deny: Iterable[str], internet: bool, dns_port: int | None = None
+) -> None:
+    """The sandbox's rules (IPv4 CIDRs); with ``dns_port``, its DNS goes to corral's resolver on
+    that port, which lets the addresses of allowed names through (``allow_addresses``)."""
+    chain, blocked, count = _policy_names(veth)
+    dns_chain, resolved = _dns_names(veth)
+    allow, deny = list(allow), list(deny)
+    # Two rules: remembering the destination fails (and so ends its rule) once the set holds it.
+    def refuse(match: str) -> list[str]:
+        return [
+            f"add rule inet {TABLE} {chain} {match} update @{blocked} {{ ip daddr . th dport }}",
+            f'add rule inet {TABLE} {chain} {match} counter name "{count}" drop',
+        ]
+
+    script = [
+        f"add chain inet {TABLE} {chain}",
+        f"flush chain inet {TABLE} {chain}",
+        f"add set inet {TABLE} {blocked} {{ type ipv4_addr . inet_service; flags dynamic; counter; size 1024; }}",
+        f"add counter inet {TABLE} {count}",
+    ]
+    if dns_port:
+        script += [
+            f"add set inet {TABLE} {resolved} {{ type ipv4_addr; flags timeout; }}",
+            f"add rule inet {TABLE} {chain} ip daddr @{resolved} accept",
+            f"add chain inet {TABLE} {dns_chain}",
+            f"flush chain inet {TABLE} {dns_chain}",
+            f"add rule inet {TABLE} {dns_chain} udp dport 53 redirect to :{dns_port}",
+            f'add element inet {TABLE} dns_redirect {{ "{veth}" : jump {dns_chain} }}',
+        ]
+    if allow:
+        script.append(f"add rule inet {TABLE} {chain} ip daddr {{ {', '.join(allow)} }} accept")
+    if deny:
+        script += refuse(f"ip daddr {{ {', '.join(deny)} }}")
+    if not internet:
+        script += refuse("meta nfproto ipv4")
+    script.append(f'add element inet {TABLE} policies {{ "{veth}" : jump {chain} }}')
+    await run(["nft", "-f", "-"], input="\n".join(script) + "\n")
+    if not dns_port:
+        await remove_dns(veth)
+
+
+async def allow_addresses(veth: str, addresses: list[tuple[str, int]], min_ttl: int = 30) -> None:
+    """Let the sandbox reach these addresses (an allowed name resolved to them) for their TTL."""
+    _, resolved = _dns_names(veth)
+    elements = ", ".join(f"{ip} timeout {max(ttl, min_ttl)}s" for ip, ttl in addresses)
+    script = f"add element inet {TABLE} {resolved} {{ {elements} }}\n"
+    await run(["nft", "-f", "-"], input=script, check=False)
+
+
+async def remove_dns(veth: str) -> None:
+    dns_chain, resolved = _dns_names(veth)
+    for cmd in (
+        f'delete element inet {TABLE} dns_redirect {{ "{veth}" }}',
+        f"delete chain inet {TABLE} {dns_chain}",
+        f"delete set inet {TABLE} {resolved}",  # fails while p_<veth> still uses it: remove_policy retries
+    ):
+        await run(["nft", cmd], check=False)
+
+
+async def remove_policy(veth: str) -> None:
+    """Drop the sandbox's rules, set and counter (missing pieces are fine)."""
+    chain, blocked, count = _policy_names(veth)
+    await remove_dns(veth)
+    # One object per transaction: a missing one must not keep the others.
+    for cmd in (
+        f'delete element inet {TABLE} policies {{ "{veth}" }}',
+        f"delete chain inet {TABLE} {chain}",
+        f"delete set inet {TABLE} {blocked}",
+        f"delete counter inet {TABLE} {count}",
+        f"delete set inet {TABLE} {_dns_names(veth)[1]}",
+    ):
+        await run(["nft", cmd], check=False)
+
+
+async def policy_stats(veth: str) -> tuple[int, list[dict[str, int | str]]]:
+    """(refused packets, the refused destinations: address, port, packets)."""
+    import json
+
+    _, blocked, count = _policy_names(veth)
+    out = await run(["nft", "-j", "list", "counter", "inet", TABLE, count], check=False)
+    total = 0
+    for item in json.loads(out or "{}").get("nftables", []):
+        if "counter" in item:
+            total = int(item["counter"].get("packets", 0))
+    out = await run(["nft", "-j", "list", "set", "inet", TABLE, blocked], check=False)
+    destinations: list[dict[str, int | str]] = []
+    for item in json.loads(out or "{}").get("nftables", []):
+        for elem in (item.get("set") or {}).get("elem", []):
+            value = elem.get("elem", {}) if isinstance(elem, dict) else {}
+            concat = (value.get("val") or {}).get("concat") or []
+            if len(concat) == 2:
+                destinations.append({"address": str(concat[0]), "port": int(concat[1]),
+                                     "packets": int((value.get("counter") or {}).get("packets", 0))})  # fmt: skip
+    return total, destinations
+
+
+def traffic_bytes(veth: str) -> tuple[int, int]:
+    """(bytes out of the sandbox, bytes into it), from its host-side veth's counters."""
+    stats = Path(f"/sys/class/net/{veth}/statistics")
+    try:
+        return int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text())
+    except (OSError, ValueError):
+        return 0, 0
 
 
 # ---- netns + veth --------------------------------------------------------------------------
@@ -276,6 +412,11 @@ def _nameservers(path: Path) -> list[str]:
     except OSError:
         pass
     return servers
+
+
+def host_nameservers() -> list[str]:
+    """The host's own nameservers (loopback ones too: corral's resolver runs on the host)."""
+    return [s for s in _nameservers(Path("/etc/resolv.conf")) if ":" not in s]
 
 
 def _is_loopback(addr: str) -> bool:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from ... import __version__, errors
 from ...manager import Manager, SandboxRecord, traffic_token
-from ...schema import CreateSandbox
+from ...schema import CreateSandbox, UpdateNetwork
 from ...templates import list_templates
 from .asgi import Scope, json_object, read_body, send_empty, send_json, str_map
 from .envd import ENVD_VERSION, access_token
@@ -64,6 +64,7 @@ class Control:
             ("POST", re.compile(rf"/sandboxes/{s}/resume"), self.resume),
             ("GET", re.compile(rf"/sandboxes/{s}/metrics"), self.metrics),
             ("POST", re.compile(rf"/sandboxes/{s}/pause"), self.pause),
+            ("PUT", re.compile(rf"/sandboxes/{s}/network"), self.update_network),
             ("GET", re.compile(r"/templates"), self.templates),
             ("GET", re.compile(r"/templates/aliases/(?P<alias>[^/]+)"), self.template_alias),
         ]
@@ -92,13 +93,15 @@ class Control:
         _refuse_unsupported(body)
         timeout = body.get("timeout")
         internet = body.get("allow_internet_access", True)
-        public = (body.get("network") or {}).get("allowPublicTraffic")
+        network = body.get("network") or {}
+        public = network.get("allowPublicTraffic")
         try:
             req = CreateSandbox.model_validate({
                 "template": TEMPLATES.get(template, template), "timeout": timeout,
                 "metadata": str_map(body, "metadata"), "envs": str_map(body, "envVars"),
                 "internet": internet if internet is not None else True,
                 "public_ports": public is not False,
+                "allow_out": _str_list(network, "allowOut"), "deny_out": _str_list(network, "denyOut"),
             })
         except ValidationError as e:
             raise E2BError(400, _validation_message(e)) from None
@@ -188,6 +191,24 @@ class Control:
             "memCache": u["memory_cache"], "diskUsed": u["disk_used"], "diskTotal": u["disk_total"],
         }
         await send_json(send, 200, [sample])
+
+    async def update_network(self, scope: Scope, receive: Any, send: Any, sid: str) -> None:
+        """Replace the egress rules (what the body leaves out is cleared, as in E2B); internet
+        access changes only when ``allow_internet_access`` is given."""
+        body = json_object(await read_body(receive))
+        self._live(sid)
+        _refuse_unsupported_network(body)
+        internet = body.get("allow_internet_access")
+        if internet is not None and not isinstance(internet, bool):
+            raise E2BError(400, "allow_internet_access must be a boolean")
+        try:
+            req = UpdateNetwork.model_validate({
+                "internet": internet, "allow_out": _str_list(body, "allowOut"), "deny_out": _str_list(body, "denyOut"),
+            })
+        except ValidationError as e:
+            raise E2BError(400, _validation_message(e)) from None
+        await self.m.update_network(sid, req)
+        await send_empty(send)
 
     async def pause(self, scope: Scope, receive: Any, send: Any, sid: str) -> None:
         self._live(sid)
@@ -292,9 +313,20 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
     network = body.get("network") or {}
     if not isinstance(network, dict):
         raise E2BError(400, "network must be an object")
-    for key in ("allowOut", "denyOut", "egressProxy", "rules", "dnsServers", "maskRequestHost", "httpsPorts"):
+    _refuse_unsupported_network(network)
+
+
+def _refuse_unsupported_network(network: dict[str, Any]) -> None:
+    for key in ("egressProxy", "rules", "dnsServers", "maskRequestHost", "httpsPorts"):
         if network.get(key):
             raise unsupported(f"network.{key}")
+
+
+def _str_list(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise E2BError(400, f"network.{key} must be a list of strings")
+    return value
 
 
 def _not_offered(method: str, path: str) -> E2BError:
@@ -311,6 +343,7 @@ def _not_offered(method: str, path: str) -> E2BError:
 
 def _validation_message(e: ValidationError) -> str:
     first = e.errors()[0]
-    names = {"template": "templateID", "envs": "envVars", "internet": "allow_internet_access"}
+    names = {"template": "templateID", "envs": "envVars", "internet": "allow_internet_access",
+             "allow_out": "network.allowOut", "deny_out": "network.denyOut"}
     where = ".".join(names.get(str(x), str(x)) for x in first.get("loc", ()))
     return f"{where}: {first.get('msg')}" if where else str(first.get("msg"))

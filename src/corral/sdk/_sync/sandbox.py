@@ -15,7 +15,7 @@ from corral.sdk._sync.files import Filesystem
 from corral.sdk._sync.pty import Pty
 from corral.sdk.config import ConnectionConfig
 from corral.sdk.execution import CodeContext, Execution
-from corral.sdk.models import PortInfo, SandboxInfo
+from corral.sdk.models import NetworkInfo, PortInfo, SandboxInfo
 
 
 class Sandbox:
@@ -60,6 +60,8 @@ class Sandbox:
         disk_mb: int | None = None,
         internet: bool = True,
         public_ports: bool = True,
+        allow_out: builtins.list[str] | None = None,
+        deny_out: builtins.list[str] | None = None,
         *,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -74,6 +76,8 @@ class Sandbox:
             "envs": envs or {},
             "internet": internet,
             "public_ports": public_ports,
+            "allow_out": allow_out or [],
+            "deny_out": deny_out or [],
         }
         for key, value in (("cpu_count", cpu_count), ("memory_mb", memory_mb), ("disk_mb", disk_mb)):
             if value is not None:
@@ -160,6 +164,25 @@ class Sandbox:
         except SandboxNotFoundError:
             return False
         return info.state == "running"
+
+    # ------------------------------------------------------------------ network
+    def get_network(self) -> NetworkInfo:
+        """The egress policy in force, the attempts it refused, and the bytes in and out."""
+        return NetworkInfo.from_dict(self._api.request("GET", f"{self._path}/network"))
+
+    def update_network(
+        self,
+        internet: bool | None = None,
+        allow_out: builtins.list[str] | None = None,
+        deny_out: builtins.list[str] | None = None,
+    ) -> NetworkInfo:
+        """Change internet access and the allow/deny lists (IPv4 addresses or CIDRs; allow wins)
+        at once; what is left out stays as it is."""
+        body: dict[str, Any] = {"internet": internet, "allow_out": allow_out, "deny_out": deny_out}
+        data = self._api.request(
+            "PATCH", f"{self._path}/network", json={k: v for k, v in body.items() if v is not None}
+        )
+        return NetworkInfo.from_dict(data)
 
     # ------------------------------------------------------------------ ports
     def get_host(self, port: int) -> str:
