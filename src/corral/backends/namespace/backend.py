@@ -39,6 +39,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 READY_TIMEOUT = 10.0
 STATE_FILE = "state.json"
 CA_BUNDLE_INSIDE = bwrap.CA_BUNDLE_INSIDE.lstrip("/")
+SANDBOX_CA_BUNDLE = "sandbox-ca-bundle.crt"  # <run>/: the host's CA bundle plus corral's egress CA
 AGENT_SOCKET = "agent.sock"  # <run>/<id>/agent.sock: a bind of the agent's socket, pinned at start
 
 
@@ -377,7 +378,8 @@ class NamespaceBackend(Backend):
     def _write_sandbox_bundle(self, host_bundle: Path) -> Path:
         """What sandboxes trust: the host's CA certificates and the egress proxy's CA."""
         ca = egress.CertificateAuthority(self.data_dir / "egress")
-        path = ca.dir / "sandbox-ca-bundle.crt"
+        # In the run dir: bwrap (host uid 100000) must read it, and the data dir may be closed to it.
+        path = self.run_dir / SANDBOX_CA_BUNDLE
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(host_bundle.read_bytes().rstrip(b"\n") + b"\n" + ca.pem())
         tmp.chmod(0o644)
@@ -588,6 +590,8 @@ class NamespaceBackend(Backend):
             self._proxy = None
         self._ready = False
         with contextlib.suppress(OSError):
+            # Sandboxes still running keep their bind of it; the next server writes it again.
+            (self.run_dir / SANDBOX_CA_BUNDLE).unlink(missing_ok=True)
             overlay.release_run_tmpfs(self.run_dir)
             self.run_dir.rmdir()  # only if no sandbox is left
         cgroups.remove_parents()  # likewise
