@@ -27,6 +27,8 @@ def test_readme_example_runs(index: int, corral_env: ServerProcess, tmp_path: Pa
         assert "hello from" in out
     elif "download_dir" in block:
         assert (tmp_path / "data" / "sub" / "b.txt").read_bytes() == b"2"
+    elif "Secrets.create" in block:
+        assert out.startswith("corral-secret-github_token-")
     elif "update_network" in block:
         assert out.strip().isdigit()
     elif "get_url" in block:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import os
 import secrets
@@ -166,12 +165,13 @@ def test_pip_install_with_internet_on(api: dict[str, str]) -> None:
         assert r.stdout.strip().startswith("six-") and r.stdout.strip().endswith(".whl")
 
 
-def test_the_sandbox_trusts_the_hosts_ca_certificates(sbx: Sandbox) -> None:
-    host = hashlib.sha256(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes()).hexdigest()
-    r = sbx.commands.run("sha256sum /etc/ssl/certs/ca-certificates.crt; printenv SSL_CERT_FILE REQUESTS_CA_BUNDLE")
-    digest, _, bundle, requests_bundle = r.stdout.split()
-    assert digest == host
-    assert bundle == requests_bundle == "/etc/ssl/certs/ca-certificates.crt"
+def test_the_sandbox_trusts_the_hosts_ca_certificates(sbx: Sandbox, corral_server: ServerProcess) -> None:
+    host = Path("/etc/ssl/certs/ca-certificates.crt").read_bytes().rstrip(b"\n")
+    egress_ca = (corral_server.data_dir / "egress" / "egress-ca.crt").read_bytes()
+    inside = sbx.files.read("/etc/ssl/certs/ca-certificates.crt", format="bytes")
+    assert inside == host + b"\n" + egress_ca  # and corral's egress proxy CA (secrets)
+    r = sbx.commands.run("printenv SSL_CERT_FILE REQUESTS_CA_BUNDLE")
+    assert r.stdout.split() == ["/etc/ssl/certs/ca-certificates.crt"] * 2
     # Read-only, even for root inside.
     with pytest.raises(CommandExitError) as denied:
         sbx.commands.run("echo x >> /etc/ssl/certs/ca-certificates.crt", user="root", timeout=10)

@@ -32,12 +32,14 @@ from corral.errors import (
     SandboxFailedError,
     SandboxNotFoundError,
     SandboxNotRunningError,
+    SecretNotFoundError,
     TemplateNotFoundError,
     TimeoutError_,
     UnavailableError,
 )
 from corral.sdk import (
     AsyncSandbox,
+    AsyncSecrets,
     CodeContext,
     CommandHandle,
     CommandResult,
@@ -53,6 +55,8 @@ from corral.sdk import (
     Result,
     Sandbox,
     SandboxInfo,
+    SecretInfo,
+    Secrets,
 )
 
 try:
@@ -69,6 +73,7 @@ IsADirectoryError = IsADirectoryError_
 
 __all__ = [
     "AsyncSandbox",
+    "AsyncSecrets",
     "AuthenticationError",
     "CodeContext",
     "CommandExitError",
@@ -104,6 +109,9 @@ __all__ = [
     "SandboxInfo",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
+    "SecretInfo",
+    "SecretNotFoundError",
+    "Secrets",
     "TemplateNotFoundError",
     "TimeoutError",
     "UnavailableError",

@@ -14,7 +14,8 @@ status; the SDK maps the body back to the same class with :func:`error_from_body
     │   ├── TemplateNotFoundError    404 template_not_found
     │   ├── FileNotFoundError_       404 file_not_found     (exported as corral.FileNotFoundError)
     │   ├── ProcessNotFoundError     404 process_not_found
-    │   └── ContextNotFoundError     404 context_not_found
+    │   ├── ContextNotFoundError     404 context_not_found
+    │   └── SecretNotFoundError      404 secret_not_found
     ├── ConflictError                409 conflict
     │   ├── SandboxNotRunningError   409 sandbox_not_running
     │   └── FileExistsError_         409 file_exists
@@ -91,6 +92,10 @@ class ProcessNotFoundError(NotFoundError):
 
 class ContextNotFoundError(NotFoundError):
     code = "context_not_found"
+
+
+class SecretNotFoundError(NotFoundError):
+    code = "secret_not_found"
 
 
 class ConflictError(CorralError):

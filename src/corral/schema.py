@@ -74,6 +74,10 @@ class CreateSandbox(Strict):
     deny_out: list[str] = Field(
         default_factory=list, description="IPv4 addresses or CIDRs, or domain names, refused (allow_out wins)."
     )
+    secrets: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="Names of registered secrets: each is an env var holding a placeholder inside.",
+    )
 
     _destinations = field_validator("allow_out", "deny_out")(classmethod(lambda cls, v: _check_destinations(v)))
 
@@ -158,6 +162,22 @@ class CodeContext(BaseModel):
 class CodeContextList(BaseModel):
     contexts: list[CodeContext]
     languages: list[str] = Field(default_factory=list, description="The languages this sandbox's template has.")
+
+
+class CreateSecret(Strict):
+    name: str = Field(..., min_length=1, max_length=128, description="Also the env var name inside sandboxes.")
+    value: str = Field(..., min_length=1, max_length=8192)
+    allowed_hosts: list[str] = Field(..., min_length=1, max_length=64, description="example.com or *.example.com")
+
+
+class SecretInfo(BaseModel):
+    name: str
+    hosts: list[str]
+    placeholder: str = Field(..., description="What sandboxes see instead of the value.")
+
+
+class SecretList(BaseModel):
+    secrets: list[SecretInfo]
 
 
 class UpdateNetwork(Strict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Backend, Limits, Probe, SandboxHandle, SandboxSpec, Usage
+from .base import Backend, Limits, Probe, SandboxHandle, SandboxSpec, SecretRule, Usage
 
 # name -> "module:Class"; imported lazily so the SDK and CLI import anywhere.
 REGISTRY: dict[str, str] = {
@@ -25,4 +25,4 @@ def load_backend(name: str, **kwargs: object) -> Backend:
     return backend
 
 
-__all__ = ["REGISTRY", "Backend", "Limits", "Probe", "SandboxHandle", "SandboxSpec", "Usage", "load_backend"]
+__all__ = ["REGISTRY", "Backend", "Limits", "Probe", "SandboxHandle", "SandboxSpec", "SecretRule", "Usage", "load_backend"]

@@ -13,6 +13,16 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class SecretRule:
+    """A secret as a sandbox's egress sees it: its placeholder becomes its value in the headers
+    of requests to its allowed hosts (domain patterns)."""
+
+    placeholder: str
+    value: str
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Limits:
     cpu_count: float = 1.0
     memory_mb: int = 512
@@ -90,6 +100,11 @@ class Backend:
     async def set_network(self, handle: SandboxHandle, internet: bool, allow: list[str], deny: list[str]) -> None:
         """Egress: internet on or off; destinations (IPv4 addresses or CIDRs) always allowed, or refused
         (counted, with their address and port). Applied to a running sandbox at once."""
+        raise NotImplementedError
+
+    async def set_secrets(self, handle: SandboxHandle, secrets: list[SecretRule]) -> None:
+        """Secrets for the sandbox's egress (``SecretRule``: placeholder, value, allowed hosts):
+        its web traffic goes through a proxy that swaps placeholders for values in headers."""
         raise NotImplementedError
 
     async def network_stats(self, handle: SandboxHandle) -> dict[str, Any]:

@@ -22,13 +22,14 @@ from typing import Any
 
 from .. import errors
 from ..agent.client import AgentClient
-from ..backends import Backend, Limits, SandboxHandle, SandboxSpec
+from ..backends import Backend, Limits, SandboxHandle, SandboxSpec, SecretRule
 from ..schema import CreateSandbox, RunCode, RunCommand, UpdateNetwork
 from ..settings import Settings
 from ..store import SandboxRecord, Store
 from ..templates import template_path
 from . import metrics
 from .pool import Pool
+from .secrets import Secret, SecretStore
 from .states import LIVE, State, check_transition
 
 log = logging.getLogger("corral.manager")
@@ -59,6 +60,7 @@ class Manager:
         self.settings = settings
         self.backend = backend
         self.store = store
+        self.secrets = SecretStore(settings.data_dir / "secrets.json")
         self.live: dict[str, Live] = {}
         self.pool = Pool(self, settings.pool_size)
         self._background: set[asyncio.Task[Any]] = set()
@@ -95,10 +97,14 @@ class Manager:
                     rec.url_secret = secrets.token_hex(32)
                     self.store.update(rec.id, url_secret=rec.url_secret)
                 self._adopt(rec, handle)
-                policy = handle.state.get("policy")
-                if policy:  # rules by name need this server's DNS resolver: applied again
-                    with contextlib.suppress(errors.CorralError, OSError, RuntimeError):
+                policy, names = handle.state.get("policy"), handle.state.get("secrets")
+                # Rules by name and secrets need this server's DNS resolver and proxy: applied again.
+                with contextlib.suppress(errors.CorralError, OSError, RuntimeError):
+                    if policy:
                         await self.backend.set_network(handle, rec.internet, policy["allow"], policy["deny"])
+                    if names:
+                        rules = [SecretRule(s.placeholder, s.value, s.hosts) for s in self.secrets.get(names)]
+                        await self.backend.set_secrets(handle, rules)
                 self.store.add_event(rec.id, "reattached")
                 log.info("reattached sandbox %s", rec.id)
             else:
@@ -139,6 +145,7 @@ class Manager:
         if running >= s.max_sandboxes:
             raise errors.LimitExceededError(f"{running} sandboxes are running, the maximum is {s.max_sandboxes}")
         rootfs = template_path(s.templates_dir, req.template)
+        granted = self.secrets.get(req.secrets) if req.secrets else []
         started = time.perf_counter()
         handle = await self.pool.claim(req.template)
         if handle is None:
@@ -159,8 +166,12 @@ class Manager:
             await self.backend.configure(handle, limits, req.internet)
             if req.allow_out or req.deny_out:
                 await self.backend.set_network(handle, req.internet, req.allow_out, req.deny_out)
-            if req.envs:
-                await lv.agent.configure(envs=req.envs, hostname=sandbox_id)
+            if granted:
+                handle.state["secrets"] = [s.name for s in granted]
+                await self.backend.set_secrets(handle, [SecretRule(s.placeholder, s.value, s.hosts) for s in granted])
+            envs = {**{s.name: s.placeholder for s in granted}, **req.envs}
+            if envs:
+                await lv.agent.configure(envs=envs, hostname=sandbox_id)
         except BaseException:
             self.live.pop(sandbox_id, None)
             await self._safe_cleanup(handle)
@@ -417,6 +428,18 @@ class Manager:
 
     async def remove_code_context(self, sandbox_id: str, context_id: str) -> None:
         await self._running(sandbox_id).agent.code_call({"op": "remove_context", "id": context_id})
+
+    # ----------------------------------------------------------------- secrets
+
+    def put_secret(self, name: str, value: str, hosts: builtins.list[str]) -> Secret:
+        """Register (or replace) a secret; sandboxes created with it from now on use it."""
+        return self.secrets.put(name, value, hosts)
+
+    def list_secrets(self) -> builtins.list[Secret]:
+        return self.secrets.list()
+
+    def delete_secret(self, name: str) -> None:
+        self.secrets.delete(name)
 
     # ----------------------------------------------------------------- network
 

@@ -4,10 +4,12 @@ from corral.sdk._async.commands import AsyncCommandHandle, AsyncCommands
 from corral.sdk._async.files import AsyncFilesystem, AsyncWatchHandle
 from corral.sdk._async.pty import AsyncPty, AsyncPtyHandle
 from corral.sdk._async.sandbox import AsyncSandbox
+from corral.sdk._async.secrets import AsyncSecrets
 from corral.sdk._sync.commands import CommandHandle, Commands
 from corral.sdk._sync.files import Filesystem, WatchHandle
 from corral.sdk._sync.pty import Pty, PtyHandle
 from corral.sdk._sync.sandbox import Sandbox
+from corral.sdk._sync.secrets import Secrets
 from corral.sdk.config import ConnectionConfig
 from corral.sdk.execution import CodeContext, Execution, ExecutionError, Logs, OutputMessage, Result
 from corral.sdk.models import (
@@ -20,6 +22,7 @@ from corral.sdk.models import (
     ProcessInfo,
     PtySize,
     SandboxInfo,
+    SecretInfo,
 )
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "AsyncPty",
     "AsyncPtyHandle",
     "AsyncSandbox",
+    "AsyncSecrets",
     "AsyncWatchHandle",
     "CodeContext",
     "CommandHandle",
@@ -52,5 +56,7 @@ __all__ = [
     "Result",
     "Sandbox",
     "SandboxInfo",
+    "SecretInfo",
+    "Secrets",
     "WatchHandle",
 ]

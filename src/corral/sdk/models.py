@@ -205,3 +205,16 @@ class NetworkInfo:
             blocked=int(d["blocked"]), blocked_destinations=list(d["blocked_destinations"]),
             bytes_out=int(d["bytes_out"]), bytes_in=int(d["bytes_in"]),
         )  # fmt: skip
+
+
+@dataclass
+class SecretInfo:
+    """A registered secret as the API shows it: never its value."""
+
+    name: str
+    hosts: list[str]
+    placeholder: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SecretInfo:
+        return cls(name=d["name"], hosts=list(d["hosts"]), placeholder=d["placeholder"])

@@ -21,7 +21,7 @@ from ..settings import Settings
 from . import fastpath, ports
 from .auth import check_key, is_open, load_or_create_key
 from .render import error_response, invalid_request
-from .routes import code, commands, files, network, pty, sandboxes
+from .routes import code, commands, files, network, pty, sandboxes, secrets
 from .routes import ports as port_routes
 
 log = logging.getLogger("corral.server")
@@ -154,6 +154,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app.include_router(code.router)
     app.include_router(port_routes.router)
     app.include_router(network.router)
+    app.include_router(secrets.router)
     return app
 
 

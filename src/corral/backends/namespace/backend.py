@@ -30,7 +30,7 @@ from typing import Any
 
 from ... import errors
 from ..base import Backend, Limits, Probe, SandboxHandle, SandboxSpec, Usage
-from . import bwrap, cgroups, dns, network, overlay, seccomp
+from . import bwrap, cgroups, dns, egress, network, overlay, seccomp
 from .userns import HOST_UID_BASE, SharedUserNamespace
 
 log = logging.getLogger("corral.backends.namespace")
@@ -39,6 +39,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 READY_TIMEOUT = 10.0
 STATE_FILE = "state.json"
 CA_BUNDLE_INSIDE = bwrap.CA_BUNDLE_INSIDE.lstrip("/")
+SANDBOX_CA_BUNDLE = "sandbox-ca-bundle.crt"  # <run>/: the host's CA bundle plus corral's egress CA
 AGENT_SOCKET = "agent.sock"  # <run>/<id>/agent.sock: a bind of the agent's socket, pinned at start
 
 
@@ -95,6 +96,10 @@ class NamespaceBackend(Backend):
         self.ca_bundle = Path(ca_bundle) if ca_bundle and Path(ca_bundle).is_file() else None
         self.dns_upstream = dns_upstream
         self._resolver: tuple[dns.Resolver, int] | None = None  # started with the first rule by name
+        self._proxy: tuple[egress.EgressProxy, int] | None = None  # started with the first secret
+        self._secrets: dict[str, list[egress.SecretRule]] = {}  # sandbox id -> its secrets
+        self._ip_by_veth: dict[str, str] = {}
+        self._sandbox_bundle: Path | None = None  # the host's CA bundle plus corral's egress CA
         self.pool = network.IpPool(subnet)
         self._userns = SharedUserNamespace()
         self._seccomp: bytes = b""  # the BPF program, built once
@@ -143,6 +148,8 @@ class NamespaceBackend(Backend):
                 await asyncio.to_thread(self._userns.fd)
                 self._seccomp = seccomp.filter_bytes()
                 await network.init_firewall(self.subnet)
+                if self.ca_bundle is not None:
+                    self._sandbox_bundle = await asyncio.to_thread(self._write_sandbox_bundle, self.ca_bundle)
             except Exception as e:
                 raise errors.UnavailableError(f"namespace backend cannot start sandboxes here: {e}") from e
             self._ready = True
@@ -206,7 +213,7 @@ class NamespaceBackend(Backend):
         cfg = bwrap.BwrapConfig(
             sandbox_id=sid, root=sdir / "root", agent_dir=sdir / "disk" / "run", agent_path=self.agent_path,
             resolv_conf=sdir / "resolv.conf", hosts=sdir / "hosts",
-            ca_bundle=self.ca_bundle if self.ca_bundle and (Path(spec.template_dir) / CA_BUNDLE_INSIDE).is_file() else None,
+            ca_bundle=self._sandbox_bundle if (Path(spec.template_dir) / CA_BUNDLE_INSIDE).is_file() else None,
         )  # fmt: skip
         userns_fd = self._userns.fd()
         code = self._compiled_agent()
@@ -350,34 +357,85 @@ class NamespaceBackend(Backend):
 
     async def set_network(self, handle: SandboxHandle, internet: bool, allow: list[str], deny: list[str]) -> None:
         st = handle.state
-        policy = bool(allow or deny)
-        names = [p for p in (*allow, *deny) if not _is_cidr(p)]
-        dns_port = None
-        if names:
-            resolver, dns_port = await self._dns()
-            resolver.rules[st["ip"]] = dns.DomainRules(
-                st["veth"], [p for p in allow if not _is_cidr(p)], [p for p in deny if not _is_cidr(p)], internet
-            )
-        elif self._resolver is not None:
-            self._resolver[0].rules.pop(st["ip"], None)
-        if policy:
-            cidrs = ([p for p in allow if _is_cidr(p)], [p for p in deny if _is_cidr(p)])
-            await network.set_policy(st["veth"], *cidrs, internet, dns_port)
-        # With rules, the sandbox's own chain decides (see network.set_policy).
-        await network.set_internet(st["veth"], internet or policy)
-        if not policy and st.get("policy"):
-            await network.remove_policy(st["veth"])
         st["internet"] = internet
         st["policy"] = {"allow": allow, "deny": deny} if allow or deny else None
+        await self._apply_network(handle)
         with contextlib.suppress(OSError):
             self._save_state(handle)
+
+    async def set_secrets(self, handle: SandboxHandle, secrets: list[egress.SecretRule]) -> None:
+        # Kept in memory only (the values never go to disk here); the manager applies them again
+        # to the sandboxes it reattaches after a restart.
+        if secrets:
+            self._secrets[handle.sandbox_id] = list(secrets)
+        else:
+            self._secrets.pop(handle.sandbox_id, None)
+        await self._apply_network(handle)
+
+    async def _apply_network(self, handle: SandboxHandle) -> None:
+        """The sandbox's chain, DNS filter and egress proxy, from its rules and secrets."""
+        st = handle.state
+        internet = bool(st.get("internet", True))
+        policy_state = st.get("policy") or {}
+        allow, deny = list(policy_state.get("allow", [])), list(policy_state.get("deny", []))
+        secrets = self._secrets.get(handle.sandbox_id, [])
+        policy = bool(allow or deny or secrets)
+        names = ([p for p in allow if not _is_cidr(p)], [p for p in deny if not _is_cidr(p)])
+        cidrs = ([p for p in allow if _is_cidr(p)], [p for p in deny if _is_cidr(p)])
+        dns_port = proxy_port = None
+        self._ip_by_veth[st["veth"]] = st["ip"]
+        if names[0] or names[1]:
+            resolver, dns_port = await self._dns()
+            resolver.rules[st["ip"]] = dns.DomainRules(st["veth"], *names, internet)
+        elif self._resolver is not None:
+            self._resolver[0].rules.pop(st["ip"], None)
+        if secrets:
+            proxy, proxy_port = await self._egress()
+            previous = proxy.sandboxes.get(st["ip"])
+            proxy.sandboxes[st["ip"]] = egress.SandboxEgress(
+                secrets, internet, *cidrs, resolved=previous.resolved if previous else set()
+            )
+        elif self._proxy is not None:
+            self._proxy[0].sandboxes.pop(st["ip"], None)
+        if policy:
+            await network.set_policy(st["veth"], *cidrs, internet, dns_port, proxy_port)
+        # With rules, the sandbox's own chain decides (see network.set_policy).
+        await network.set_internet(st["veth"], internet or policy)
+        if not policy:
+            await network.remove_policy(st["veth"])
+
+    def _write_sandbox_bundle(self, host_bundle: Path) -> Path:
+        """What sandboxes trust: the host's CA certificates and the egress proxy's CA."""
+        ca = egress.CertificateAuthority(self.data_dir / "egress")
+        # In the run dir: bwrap (host uid 100000) must read it, and the data dir may be closed to it.
+        path = self.run_dir / SANDBOX_CA_BUNDLE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(host_bundle.read_bytes().rstrip(b"\n") + b"\n" + ca.pem())
+        tmp.chmod(0o644)
+        tmp.rename(path)
+        return path
 
     async def _dns(self) -> tuple[dns.Resolver, int]:
         if self._resolver is None:
             upstream = self.dns_upstream or next(iter(network.host_nameservers()), "127.0.0.53")
             host, _, port = upstream.partition(":")
-            self._resolver = await dns.start((host, int(port or 53)), network.allow_addresses)
+            self._resolver = await dns.start((host, int(port or 53)), self._resolved)
         return self._resolver
+
+    async def _resolved(self, veth: str, addresses: list[tuple[str, int]]) -> None:
+        """An allowed name resolved: its addresses open in the firewall and in the egress proxy."""
+        await network.allow_addresses(veth, addresses)
+        rules = self._proxy[0].sandboxes.get(self._ip_by_veth.get(veth, "")) if self._proxy else None
+        if rules is not None:
+            rules.resolved.update(ip for ip, _ in addresses)
+
+    async def _egress(self) -> tuple[egress.EgressProxy, int]:
+        if self._proxy is None:
+            ca = egress.CertificateAuthority(self.data_dir / "egress")
+            refuse = ["127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8", self.subnet, *network.host_addresses()]
+            proxy = egress.EgressProxy(ca, str(self.ca_bundle) if self.ca_bundle else None, refuse)
+            self._proxy = (proxy, await proxy.start())
+        return self._proxy
 
     async def network_stats(self, handle: SandboxHandle) -> dict[str, Any]:
         veth = handle.state["veth"]
@@ -386,6 +444,10 @@ class NamespaceBackend(Backend):
         if rules is not None:  # names refused by the resolver
             blocked += sum(rules.blocked.values())
             destinations += [{"address": name, "port": 53, "packets": n} for name, n in rules.blocked.items()]
+        proxied = self._proxy[0].sandboxes.get(handle.state["ip"]) if self._proxy else None
+        if proxied is not None:  # connections refused by the egress proxy
+            blocked += sum(proxied.blocked.values())
+            destinations += [{"address": a, "port": p, "packets": n} for (a, p), n in proxied.blocked.items()]
         out, into = network.traffic_bytes(veth)
         return {"blocked": blocked, "blocked_destinations": destinations, "bytes_out": out, "bytes_in": into}
 
@@ -467,8 +529,13 @@ class NamespaceBackend(Backend):
                 log.warning("cleanup of sandbox %s: %s failed: %s", sid, what, e)
 
         await step("stop", lambda: self.stop(handle))
-        if self._resolver is not None and st.get("ip"):
-            self._resolver[0].rules.pop(st["ip"], None)
+        if st.get("ip"):
+            if self._resolver is not None:
+                self._resolver[0].rules.pop(st["ip"], None)
+            if self._proxy is not None:
+                self._proxy[0].sandboxes.pop(st["ip"], None)
+        self._secrets.pop(sid, None)
+        self._ip_by_veth.pop(str(st.get("veth")), None)
         # Network teardown takes ~35 ms of ip/nft: run it while unmounting.
         veth = st.get("veth") or network.veth_name(sid)
         net = asyncio.ensure_future(step("network", lambda: _teardown_network(sid, veth, bool(st.get("policy")))))
@@ -547,8 +614,13 @@ class NamespaceBackend(Backend):
             if self._resolver[0].transport is not None:
                 self._resolver[0].transport.close()
             self._resolver = None
+        if self._proxy is not None:
+            await self._proxy[0].close()
+            self._proxy = None
         self._ready = False
         with contextlib.suppress(OSError):
+            # Sandboxes still running keep their bind of it; the next server writes it again.
+            (self.run_dir / SANDBOX_CA_BUNDLE).unlink(missing_ok=True)
             overlay.release_run_tmpfs(self.run_dir)
             self.run_dir.rmdir()  # only if no sandbox is left
         cgroups.remove_parents()  # likewise

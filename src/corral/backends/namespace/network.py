@@ -192,8 +192,9 @@ def ruleset(subnet: str, no_router: bool) -> str:
         # SECURITY: the host itself (every address it has, the control API included) is
         # unreachable from sandboxes; only answers to connections the host opened come back.
         f"add rule inet {TABLE} input iifname {v} ct state established,related accept",
-        # ...except what the prerouting chain redirected: DNS queries for corral's resolver.
-        f"add rule inet {TABLE} input iifname {v} ct status dnat meta l4proto udp accept",
+        # ...except what the prerouting chain redirected: DNS queries for corral's resolver, and
+        # the web traffic of sandboxes with secrets for the egress proxy.
+        f"add rule inet {TABLE} input iifname {v} ct status dnat accept",
         f"add rule inet {TABLE} input iifname {v} drop",
         # SECURITY: no sandbox-to-sandbox traffic, no cloud metadata, no IPv6 out.
         f"add rule inet {TABLE} forward iifname {v} oifname {v} drop",
@@ -254,10 +255,12 @@ def _dns_names(veth: str) -> tuple[str, str]:
 
 
 async def set_policy(
-    veth: str, allow: Iterable[str], deny: Iterable[str], internet: bool, dns_port: int | None = None
+    veth: str, allow: Iterable[str], deny: Iterable[str], internet: bool, dns_port: int | None = None,
+    proxy_port: int | None = None,
 ) -> None:
     """The sandbox's rules (IPv4 CIDRs); with ``dns_port``, its DNS goes to corral's resolver on
-    that port, which lets the addresses of allowed names through (``allow_addresses``)."""
+    that port, which lets the addresses of allowed names through (``allow_addresses``); with
+    ``proxy_port``, its TCP connections to ports 80 and 443 go to the egress proxy (secrets)."""
     chain, blocked, count = _policy_names(veth)
     dns_chain, resolved = _dns_names(veth)
     allow, deny = list(allow), list(deny)
@@ -278,11 +281,14 @@ async def set_policy(
         script += [
             f"add set inet {TABLE} {resolved} {{ type ipv4_addr; flags timeout; }}",
             f"add rule inet {TABLE} {chain} ip daddr @{resolved} accept",
-            f"add chain inet {TABLE} {dns_chain}",
-            f"flush chain inet {TABLE} {dns_chain}",
-            f"add rule inet {TABLE} {dns_chain} udp dport 53 redirect to :{dns_port}",
-            f'add element inet {TABLE} dns_redirect {{ "{veth}" : jump {dns_chain} }}',
         ]
+    if dns_port or proxy_port:
+        script += [f"add chain inet {TABLE} {dns_chain}", f"flush chain inet {TABLE} {dns_chain}"]
+        if dns_port:
+            script.append(f"add rule inet {TABLE} {dns_chain} udp dport 53 redirect to :{dns_port}")
+        if proxy_port:
+            script.append(f"add rule inet {TABLE} {dns_chain} tcp dport {{ 80, 443 }} redirect to :{proxy_port}")
+        script.append(f'add element inet {TABLE} dns_redirect {{ "{veth}" : jump {dns_chain} }}')
     if allow:
         script.append(f"add rule inet {TABLE} {chain} ip daddr {{ {', '.join(allow)} }} accept")
     if deny:
@@ -291,7 +297,7 @@ async def set_policy(
         script += refuse("meta nfproto ipv4")
     script.append(f'add element inet {TABLE} policies {{ "{veth}" : jump {chain} }}')
     await run(["nft", "-f", "-"], input="\n".join(script) + "\n")
-    if not dns_port:
+    if not (dns_port or proxy_port):
         await remove_dns(veth)
 
 
@@ -412,6 +418,12 @@ def _nameservers(path: Path) -> list[str]:
     except OSError:
         pass
     return servers
+
+
+def host_addresses() -> list[str]:
+    """Every IPv4 address of the host, as /32s."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    return [f"{line.split()[3].split('/')[0]}/32" for line in out.splitlines() if len(line.split()) > 3]
 
 
 def host_nameservers() -> list[str]:

@@ -61,6 +61,7 @@ class AsyncSandbox:
         public_ports: bool = True,
         allow_out: builtins.list[str] | None = None,
         deny_out: builtins.list[str] | None = None,
+        secrets: builtins.list[str] | None = None,
         *,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -77,6 +78,7 @@ class AsyncSandbox:
             "public_ports": public_ports,
             "allow_out": allow_out or [],
             "deny_out": deny_out or [],
+            "secrets": secrets or [],
         }
         for key, value in (("cpu_count", cpu_count), ("memory_mb", memory_mb), ("disk_mb", disk_mb)):
             if value is not None:
