@@ -4,7 +4,7 @@ PY ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= /var/lib/corral
-APT_PACKAGES := bubblewrap mmdebstrap nftables iproute2 python3-venv python3-pip python3-seccomp uidmap ca-certificates
+APT_PACKAGES := bubblewrap mmdebstrap nftables iproute2 python3-venv python3-pip python3-seccomp uidmap ca-certificates skopeo umoci docker-registry
 PYTEST_ARGS ?=
 
 .PHONY: setup apt venv template serve test bench lint spec clean-test
