@@ -7,20 +7,28 @@ status; the SDK maps the body back to the same class with :func:`error_from_body
     CorralError                      500 internal
     ├── AuthenticationError          401 unauthorized
     ├── InvalidRequestError          400 invalid_request
-    │   └── PayloadTooLargeError     413 payload_too_large
+    │   ├── PayloadTooLargeError     413 payload_too_large
+    │   ├── DockerfileError          400 dockerfile_invalid     (details: line)
+    │   ├── UnsupportedInstructionError 400 unsupported_instruction (details: instruction, line)
+    │   └── BuildContextError        400 build_context_invalid  (COPY outside the context, ...)
     ├── NotFoundError                404 not_found
     │   ├── SandboxNotFoundError     404 sandbox_not_found
     │   ├── TemplateNotFoundError    404 template_not_found
     │   ├── FileNotFoundError_       404 file_not_found     (exported as corral.FileNotFoundError)
+    │   ├── ImageNotFoundError       404 image_not_found    (FROM an OCI image the registry lacks)
+    │   ├── BuildNotFoundError       404 build_not_found
     │   └── ProcessNotFoundError     404 process_not_found
     ├── ConflictError                409 conflict
     │   ├── SandboxNotRunningError   409 sandbox_not_running
-    │   └── FileExistsError_         409 file_exists
+    │   ├── FileExistsError_         409 file_exists
+    │   └── TemplateInUseError       409 template_in_use
     ├── PermissionDeniedError        403 permission_denied
     ├── NotADirectoryError_          400 not_a_directory
     ├── IsADirectoryError_           400 is_a_directory
     ├── LimitExceededError           429 limit_exceeded
     ├── SandboxFailedError           500 sandbox_failed
+    ├── BuildFailedError             422 build_failed       (a RUN step failed; details: step)
+    ├── RegistryError                502 registry_error     (unreachable registry, failed pull)
     ├── UnavailableError             503 unavailable
     ├── TimeoutError_                504 timeout            (a command ran past its timeout)
     └── CommandExitError             --  command_exit       (SDK only: non-zero exit code)
@@ -61,6 +69,18 @@ class PayloadTooLargeError(InvalidRequestError):
     code, status = "payload_too_large", 413
 
 
+class DockerfileError(InvalidRequestError):
+    code = "dockerfile_invalid"
+
+
+class UnsupportedInstructionError(InvalidRequestError):
+    code = "unsupported_instruction"
+
+
+class BuildContextError(InvalidRequestError):
+    code = "build_context_invalid"
+
+
 class NotFoundError(CorralError):
     code, status = "not_found", 404
 
@@ -81,6 +101,14 @@ class ProcessNotFoundError(NotFoundError):
     code = "process_not_found"
 
 
+class ImageNotFoundError(NotFoundError):
+    code = "image_not_found"
+
+
+class BuildNotFoundError(NotFoundError):
+    code = "build_not_found"
+
+
 class ConflictError(CorralError):
     code, status = "conflict", 409
 
@@ -91,6 +119,10 @@ class SandboxNotRunningError(ConflictError):
 
 class FileExistsError_(ConflictError):
     code = "file_exists"
+
+
+class TemplateInUseError(ConflictError):
+    code = "template_in_use"
 
 
 class PermissionDeniedError(CorralError):
@@ -111,6 +143,14 @@ class LimitExceededError(CorralError):
 
 class SandboxFailedError(CorralError):
     code, status = "sandbox_failed", 500
+
+
+class BuildFailedError(CorralError):
+    code, status = "build_failed", 422
+
+
+class RegistryError(CorralError):
+    code, status = "registry_error", 502
 
 
 class UnavailableError(CorralError):
