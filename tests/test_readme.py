@@ -14,7 +14,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 def test_readme_has_examples() -> None:
-    assert len(BLOCKS) >= 2
+    assert len(BLOCKS) >= 3
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
@@ -24,5 +24,7 @@ def test_readme_example_runs(index: int, corral_env: ServerProcess, tmp_path: Pa
     out = capsys.readouterr().out
     if index == 0:
         assert "hello from" in out
-    else:
+    elif index == 1:
         assert (tmp_path / "data" / "sub" / "b.txt").read_bytes() == b"2"
+    else:  # templates: built, then a sandbox whose start command serves HTTP once create returns
+        assert "Directory listing" in out

@@ -25,8 +25,9 @@ from ..backends import Backend, Limits, SandboxHandle, SandboxSpec
 from ..schema import CreateSandbox, RunCommand
 from ..settings import Settings
 from ..store import SandboxRecord, Store
-from ..templates import template_path
+from ..templates.store import Resolved, TemplateStore, split_ref
 from . import metrics
+from .builds import Builds
 from .pool import Pool
 from .states import LIVE, State, check_transition
 
@@ -50,6 +51,7 @@ class Live:
     watcher: asyncio.Task[None] | None = None
     ending: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    workdir: str | None = None  # the template's WORKDIR: where commands start unless told
 
 
 class Manager:
@@ -59,6 +61,8 @@ class Manager:
         self.store = store
         self.live: dict[str, Live] = {}
         self.pool = Pool(self, settings.pool_size)
+        self.builds = Builds(self)
+        self.templates: TemplateStore = self.builds.store
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -98,6 +102,9 @@ class Manager:
                 await self._safe_cleanup(handle)
                 self._transition(rec, State.FAILED, "lost while the server was down; its resources were reaped")
         reaped = await self.backend.reap_orphans(keep)
+        abandoned = await asyncio.to_thread(self.templates.remove_abandoned)
+        if abandoned:
+            log.info("removed %d scratch dirs of template builds that died: %s", len(abandoned), ", ".join(abandoned))
         if reaped:
             log.info("reaped %d orphaned sandboxes: %s", len(reaped), ", ".join(reaped))
         self.pool.start()
@@ -105,6 +112,7 @@ class Manager:
     async def shutdown(self) -> None:
         """Kill every sandbox this server owns (SIGTERM path)."""
         self._closing = True
+        await self.builds.close()
         await self.pool.close()
         await asyncio.gather(
             *(self._end(lv, State.KILLED, "server shut down") for lv in list(self.live.values())),
@@ -131,12 +139,15 @@ class Manager:
         running = sum(1 for lv in self.live.values() if not lv.ending)
         if running >= s.max_sandboxes:
             raise errors.LimitExceededError(f"{running} sandboxes are running, the maximum is {s.max_sandboxes}")
-        rootfs = template_path(s.templates_dir, req.template)
+        template = self.templates.resolve(req.template)
         started = time.perf_counter()
-        handle = await self.pool.claim(req.template)
+        handle = await self.pool.claim(req.template, template)
         if handle is None:
             sandbox_id = new_sandbox_id()
-            spec = SandboxSpec(sandbox_id=sandbox_id, template_dir=rootfs, limits=limits, internet=req.internet)
+            spec = SandboxSpec(
+                sandbox_id=sandbox_id, template_dir=template.template_dir, layers=template.layers, limits=limits,
+                internet=req.internet,
+            )  # fmt: skip
             handle = await self.backend.start(spec)
         else:
             sandbox_id = handle.sandbox_id
@@ -148,10 +159,14 @@ class Manager:
             backend_state=handle.state, url_secret=secrets.token_hex(32),
         )
         lv = self._adopt(rec, handle)
+        lv.workdir = template.config.workdir
         try:
             await self.backend.configure(handle, limits, req.internet)
-            if req.envs:
-                await lv.agent.configure(envs=req.envs, hostname=sandbox_id)
+            envs = {**template.config.env, **req.envs}
+            if envs:
+                await lv.agent.configure(envs=envs, hostname=sandbox_id)
+            if template.config.start_cmd:
+                await _start_and_wait_ready(lv.agent, template, self.settings.ready_timeout)
         except BaseException:
             self.live.pop(sandbox_id, None)
             await self._safe_cleanup(handle)
@@ -200,13 +215,32 @@ class Manager:
             raise errors.SandboxNotRunningError(f"sandbox {sandbox_id!r} is not running")
         await self._end(lv, State.KILLED, "killed by request")
 
+    # ----------------------------------------------------------------- templates
+
+    def list_templates(self) -> builtins.list[Resolved]:
+        return self.templates.list()
+
+    def get_template(self, ref: str) -> Resolved:
+        return self.templates.resolve(ref)
+
+    async def delete_template(self, ref: str) -> None:
+        """Remove a Dockerfile-built template (refused while a sandbox runs from it)."""
+        name, tag = split_ref(ref)
+        users = [lv.record.id for lv in self.live.values() if not lv.ending and _same_template(lv.record.template, name, tag)]
+        if users:
+            raise errors.TemplateInUseError(
+                f"template {name}:{tag} is used by {len(users)} running sandbox(es): {', '.join(sorted(users)[:5])}"
+            )
+        await self.pool.drop(f"{name}:{tag}")
+        await asyncio.to_thread(self.templates.unregister, f"{name}:{tag}", self.builds.in_use())
+
     # ----------------------------------------------------------------- commands
 
     async def run_command(self, sandbox_id: str, req: RunCommand) -> AsyncIterator[dict[str, Any]]:
         lv = self._running(sandbox_id)
         metrics.COMMANDS.inc()
         stream = lv.agent.exec(
-            cmd="/bin/bash", args=["-l", "-c", req.cmd], envs=req.envs, cwd=req.cwd, user=req.user,
+            cmd="/bin/bash", args=["-l", "-c", req.cmd], envs=req.envs, cwd=req.cwd or lv.workdir, user=req.user,
             timeout=req.timeout or None, stdin=req.stdin, tag=req.tag,
         )
         return await _started(stream)
@@ -447,6 +481,47 @@ class Manager:
         """Wait until background cleanups are done (tests and shutdown)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _same_template(used: str, name: str, tag: str) -> bool:
+    used_name, _, used_tag = used.partition(":")
+    return used_name == name and (used_tag or "latest") == tag
+
+
+async def _start_and_wait_ready(agent: AgentClient, template: Resolved, timeout: float) -> None:
+    """Start the template's start command in the background; return once its ready check passes.
+
+    Without a ready check, create returns as soon as the start command has started.
+    """
+    cfg = template.config
+    assert cfg.start_cmd is not None
+    stream = agent.exec(
+        cmd="/bin/bash", args=["-l", "-c", cfg.start_cmd], envs={}, cwd=cfg.workdir, user=cfg.user, tag="start_cmd"
+    )
+    started = await _started(stream)
+    await started.aclose()  # type: ignore[attr-defined]
+    if not cfg.ready_cmd:
+        return
+    deadline = time.monotonic() + timeout
+    output = ""
+    while True:
+        code = None
+        output = ""
+        async for event in agent.exec(
+            cmd="/bin/bash", args=["-l", "-c", cfg.ready_cmd], envs={}, cwd=cfg.workdir, user=cfg.user, timeout=10
+        ):
+            if event.get("type") in ("stdout", "stderr"):
+                output = (output + event["data"].decode(errors="replace"))[-500:]
+            elif event.get("type") == "end":
+                code = event.get("exit_code")
+        if code == 0:
+            return
+        if time.monotonic() > deadline:
+            raise errors.SandboxFailedError(
+                f"the start command of template {template.ref} did not become ready within {timeout:.0f} s "
+                f"(ready check `{cfg.ready_cmd}` exited {code}: {output.strip()[-300:]})"
+            )
+        await asyncio.sleep(0.1)  # the next probe of the ready check (a poll with a deadline)
 
 
 def _bounded(name: str, value: float, maximum: float) -> float:

@@ -4,12 +4,16 @@ from corral.sdk._async.commands import AsyncCommandHandle, AsyncCommands
 from corral.sdk._async.files import AsyncFilesystem, AsyncWatchHandle
 from corral.sdk._async.pty import AsyncPty, AsyncPtyHandle
 from corral.sdk._async.sandbox import AsyncSandbox
+from corral.sdk._async.templates import AsyncTemplate
 from corral.sdk._sync.commands import CommandHandle, Commands
 from corral.sdk._sync.files import Filesystem, WatchHandle
 from corral.sdk._sync.pty import Pty, PtyHandle
 from corral.sdk._sync.sandbox import Sandbox
+from corral.sdk._sync.templates import Template
 from corral.sdk.config import ConnectionConfig
 from corral.sdk.models import (
+    BuildInfo,
+    BuildResult,
     CommandResult,
     CommandTimeoutError,
     EntryInfo,
@@ -17,6 +21,7 @@ from corral.sdk.models import (
     ProcessInfo,
     PtySize,
     SandboxInfo,
+    TemplateInfo,
 )
 
 __all__ = [
@@ -26,7 +31,10 @@ __all__ = [
     "AsyncPty",
     "AsyncPtyHandle",
     "AsyncSandbox",
+    "AsyncTemplate",
     "AsyncWatchHandle",
+    "BuildInfo",
+    "BuildResult",
     "CommandHandle",
     "CommandResult",
     "CommandTimeoutError",
@@ -41,5 +49,7 @@ __all__ = [
     "PtySize",
     "Sandbox",
     "SandboxInfo",
+    "Template",
+    "TemplateInfo",
     "WatchHandle",
 ]

@@ -19,7 +19,7 @@ from ..manager import Manager
 from ..settings import Settings
 from .auth import check_key, is_open, load_or_create_key
 from .render import error_response, invalid_request
-from .routes import commands, files, pty, sandboxes
+from .routes import commands, files, pty, sandboxes, templates
 
 log = logging.getLogger("corral.server")
 
@@ -47,7 +47,7 @@ class Guard:
             if not is_open(scope["method"], scope["path"]):
                 check_key(self.api_key, headers)
             if scope["method"] in ("POST", "PUT", "PATCH") and not scope["path"].endswith(
-                ("/files", "/files/signed", "/files/multipart")
+                ("/files", "/files/signed", "/files/multipart", "/v1/templates")
             ):
                 length = headers.get("content-length", "")
                 if length.isdigit() and int(length) > MAX_JSON_BODY:
@@ -135,6 +135,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app.include_router(commands.router)
     app.include_router(files.router)
     app.include_router(pty.router)
+    app.include_router(templates.router)
     return app
 
 
