@@ -19,6 +19,7 @@ from corral import (
     BuildFailedError,
     DockerfileError,
     Sandbox,
+    SandboxFailedError,
     Template,
     TemplateInUseError,
     TemplateNotFoundError,
@@ -228,3 +229,22 @@ def test_cli_build_prints_steps_and_cached(api: dict[str, str], name: str, tmp_p
 def test_openapi_lists_the_template_routes(corral_server: ServerProcess) -> None:
     paths = httpx.get(corral_server.url + "/openapi.json").json()["paths"]
     assert {"/v1/templates", "/v1/templates/{ref}", "/v1/builds/{build_id}", "/v1/builds/{build_id}/logs"} <= set(paths)
+
+
+def test_a_start_command_that_never_gets_ready_fails_the_create(tmp_path: Path) -> None:
+    server = ServerProcess(pool_size=0, extra_env={"CORRAL_READY_TIMEOUT": "1"}).start()
+    api = {"api_url": server.url, "api_key": server.api_key}
+    name = f"t-{secrets.token_hex(4)}"
+    try:
+        (tmp_path / "Dockerfile").write_text("FROM base\nCMD sleep 600\n")
+        Template.build(name=name, context_dir=tmp_path, ready_cmd="echo not yet; false", **api)
+        with pytest.raises(SandboxFailedError, match="did not become ready") as e:
+            Sandbox.create(template=name, **api)
+        assert "not yet" in e.value.message
+        assert Sandbox.list(state="running", **api) == []
+        # the failed sandbox was freed: nothing of it is left in the run dir
+        wait_until(lambda: not [p for p in server.run_dir.iterdir() if p.is_dir()], timeout=30, what="cleanup")
+        Template.delete(name, **api)
+    finally:
+        server.stop()
+        server.remove_dirs()

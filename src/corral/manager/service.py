@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hmac
 import json
 import logging
@@ -95,7 +96,9 @@ class Manager:
                 if not rec.url_secret:  # a record from before signed file URLs
                     rec.url_secret = secrets.token_hex(32)
                     self.store.update(rec.id, url_secret=rec.url_secret)
-                self._adopt(rec, handle)
+                lv = self._adopt(rec, handle)
+                with contextlib.suppress(errors.CorralError):  # a template deleted meanwhile: no default cwd
+                    lv.workdir = self.templates.resolve(rec.template).config.workdir
                 self.store.add_event(rec.id, "reattached")
                 log.info("reattached sandbox %s", rec.id)
             else:
