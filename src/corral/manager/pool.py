@@ -113,6 +113,9 @@ class Pool:
                 except BaseException:  # a failure, or the pool closing: the sandbox is nobody's
                     await asyncio.shield(self.manager.backend.cleanup(handle))
                     raise
+                if self.ready.get(template) is not ready:  # dropped meanwhile (its template was deleted)
+                    await self.manager.backend.cleanup(handle)
+                    break
                 ready.append(handle)
 
     async def _quiet(self, have_some: bool) -> None:
