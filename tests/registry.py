@@ -50,8 +50,13 @@ class Registry:
             self.proc.wait(timeout=30)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def push_rootfs(self, rootfs_tar: Path | None, repo: str, tag: str, files: dict[str, str] | None = None) -> str:
-        """Make an OCI image of a root filesystem tarball (and/or a few files) and push it as repo:tag."""
+    def push_rootfs(
+        self, rootfs_tar: Path | None, repo: str, tag: str, files: dict[str, str] | None = None,
+        config: list[str] | None = None,
+    ) -> str:  # fmt: skip
+        """Make an OCI image of a root filesystem tarball (and/or a few files) and push it as repo:tag.
+
+        ``config`` are ``umoci config`` flags, e.g. ``--config.env=FOO=bar``."""
         with tempfile.TemporaryDirectory(prefix="corral-image-") as tmp:
             layout, bundle = f"{tmp}/layout", f"{tmp}/bundle"
             run(["umoci", "init", "--layout", layout])
@@ -64,6 +69,8 @@ class Registry:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
             run(["umoci", "repack", "--image", f"{layout}:{tag}", bundle])
+            if config:
+                run(["umoci", "config", "--image", f"{layout}:{tag}", *config])
             ref = f"{self.host}/{repo}:{tag}"
             run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}", f"docker://{ref}"])
         return ref

@@ -59,7 +59,7 @@ COPY --chown=user:user data/ data/
 ADD extra.txt /opt/extra/
 RUN echo "$GREETING from $MODE" > made.txt && id -un > made-by.txt
 RUN ["/bin/sh", "-c", "echo exec form > exec.txt"]
-USER user
+USER 1000
 RUN whoami > /home/user/whoami.txt && rm /srv/app/data/drop.txt 2>/dev/null; true
 EXPOSE 8000
 CMD ["python3", "app.py"]

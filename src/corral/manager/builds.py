@@ -120,9 +120,12 @@ class Builds:
             name, tag = split_ref(f"{req.name}:{req.tag}")
             if name in RECIPES or (self.store.root / name / "current.json").exists():
                 raise errors.InvalidRequestError(f"template name {name!r} is taken by a built-in (recipe) template")
-            steps, config = await asyncio.to_thread(
-                plan, self.store, req.dockerfile, req.context, req.build_args, req.start_cmd, req.ready_cmd
-            )
+            steps, config = await asyncio.to_thread(self._plan, req, None)
+            image = next((st.image for st in steps if st.inst.keyword == "FROM"), None)
+            if image is not None and not req.no_cache and (pulled := self._pulled(image)) is not None:
+                steps, config = await asyncio.to_thread(self._plan, req, {image: pulled})
+            elif image is not None:  # a missing image or an unreachable registry: a 4xx/502 now
+                await asyncio.to_thread(oci.check_exists, image)
         except BaseException:
             shutil.rmtree(req.scratch or req.context, ignore_errors=True)
             raise
@@ -136,6 +139,18 @@ class Builds:
         self.active[build_id] = build
         build.task = asyncio.get_running_loop().create_task(self._run(build))
         return build
+
+    def _plan(self, req: BuildRequest, images: dict[str, tuple[str, TemplateConfig]] | None) -> tuple[list[Step], TemplateConfig]:
+        return plan(self.store, req.dockerfile, req.context, req.build_args, req.start_cmd, req.ready_cmd, images)
+
+    def _pulled(self, image: str, key: str | None = None) -> tuple[str, TemplateConfig] | None:
+        """(layer key, inherited config) of an image pulled before (the one pinned to ``image``)."""
+        key = key or self.store.image_layer(image)
+        layer = self.store.cached_layer(key) if key else None
+        if key is None or layer is None:
+            return None
+        inherited = layer.get("config") or {}
+        return key, TemplateConfig(env=dict(inherited.get("env") or {}), workdir=inherited.get("workdir"))
 
     async def follow(self, build_id: str) -> AsyncIterator[dict[str, Any]]:
         """A build's events from the first: live while it runs, then from its log."""
@@ -192,7 +207,8 @@ class Builds:
         all_cached = not req.no_cache
         status, error, template = "failed", None, None
         try:
-            for step in build.steps:
+            for index in range(total):
+                step = build.steps[index]  # (the list is re-planned once a FROM image is pulled)
                 started = time.monotonic()
                 await self._emit(build, {"type": "step", "step": step.number, "total": total, "instruction": step.text})
                 cached = await self._step(build, step, lowers, all_cached)
@@ -205,6 +221,7 @@ class Builds:
                 raise errors.BuildFailedError(
                     f"the template would stack {len(lowers)} layers, over the limit of {MAX_LOWER_DIRS}; merge RUN steps"
                 )
+            build.config.user = await asyncio.to_thread(_user_name, lowers, build.config.user)
             res = Resolved(
                 name=build.record["name"], tag=build.record["tag"], template_dir=lowers[0], layers=tuple(lowers[1:]),
                 config=build.config, key=build.steps[-1].key, build_id=build.build_id, created_at=time.time(),
@@ -260,24 +277,29 @@ class Builds:
 
     async def _pull(self, build: Build, step: Step, lowers: list[Path]) -> bool:
         assert step.image is not None
-        key = self.store.image_layer(step.image)
-        if key is not None and not build.request.no_cache:
-            cached = self.store.cached_layer(key)
-            assert cached is not None and cached["diff"] is not None
-            lowers[:] = [cached["diff"]]
-            return True
+        if step.pulled:  # planned with the image pinned to this reference
+            cached = self.store.cached_layer(self.store.image_layer(step.image) or "")
+            if cached is not None and cached["diff"] is not None:
+                lowers[:] = [cached["diff"]]
+                return True
         loop = asyncio.get_running_loop()
 
         def say(line: str) -> None:
             asyncio.run_coroutine_threadsafe(self._emit(build, {"type": "log", "step": step.number, "data": line}), loop)
 
         with self.store.new_layer(digest("pull", step.image)) as scratch:
-            image_digest = await asyncio.to_thread(oci.pull, step.image, scratch / "diff", say)
+            image_digest, inherited = await asyncio.to_thread(oci.pull, step.image, scratch / "diff", say)
             key = digest("image", image_digest)
-            layer = self.store.commit_layer(scratch, key, {"step": step.text, "image": step.image, "digest": image_digest})
+            layer = self.store.commit_layer(
+                scratch, key, {"step": step.text, "image": step.image, "digest": image_digest, "config": inherited}
+            )
         self.store.pin_image(step.image, key)
         assert layer["diff"] is not None
         lowers[:] = [layer["diff"]]
+        # The steps after FROM are keyed on the image actually pulled, and see its ENV and WORKDIR.
+        pulled = self._pulled(step.image, key)
+        assert pulled is not None
+        build.steps, build.config = await asyncio.to_thread(self._plan, build.request, {step.image: pulled})
         return False
 
     def _file_step(self, build: Build, step: Step, lowers: list[Path], scratch: Path) -> None:
@@ -301,8 +323,9 @@ class Builds:
         try:
             await backend.configure(handle, BUILD_LIMITS, True)
             envs = {**step.args, **step.config.env}
+            user = await asyncio.to_thread(_user_name, lowers, step.config.user)
             stream = AgentClient(handle.agent_socket).exec(
-                cmd=step.argv[0], args=step.argv[1:], envs=envs, cwd=step.config.workdir, user=step.config.user,
+                cmd=step.argv[0], args=step.argv[1:], envs=envs, cwd=step.config.workdir, user=user,
                 timeout=STEP_TIMEOUT,
             )  # fmt: skip
             tail: list[str] = []
@@ -334,3 +357,19 @@ class Builds:
             with contextlib.suppress(Exception):
                 await backend.stop(handle)
             await asyncio.shield(backend.cleanup(handle))
+
+
+def _user_name(lowers: list[Path], user: str) -> str:
+    """USER as the name the agent looks up: a numeric uid is mapped through the image's /etc/passwd."""
+    if not user.isdigit():
+        return user
+    for layer in reversed(lowers):  # the topmost layer that has the file has the current one
+        # SECURITY: resolved inside the layer; a symlinked /etc must not make us read a host file.
+        passwd = fsops.host_path(layer, "/etc/passwd")
+        if passwd.is_file():
+            for line in passwd.read_text(errors="replace").splitlines():
+                cols = line.split(":")
+                if len(cols) > 2 and cols[2] == user:
+                    return cols[0]
+            break
+    raise errors.BuildFailedError(f"USER {user}: the image has no account with that uid (add one in a RUN step)")

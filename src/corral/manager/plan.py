@@ -35,6 +35,7 @@ class Step:
     # FROM
     base: Resolved | None = None  # a corral template
     image: str | None = None  # or an OCI image reference
+    pulled: bool = False  # planned with the image's own layer key and config
     # RUN
     argv: list[str] = field(default_factory=list)
     # COPY / ADD
@@ -54,7 +55,14 @@ class Step:
 def plan(
     store: TemplateStore, dockerfile: str, context: Path, build_args: dict[str, str],
     start_cmd: str | None = None, ready_cmd: str | None = None,
+    images: dict[str, tuple[str, TemplateConfig]] | None = None,
 ) -> tuple[list[Step], TemplateConfig]:  # fmt: skip
+    """The steps of a Dockerfile and the template's final config.
+
+    ``images`` maps the OCI image references already pulled to (their layer key, their config:
+    ENV and WORKDIR): FROM such an image starts from them. Before a pull, the build plans with a
+    placeholder key, and plans again once the image is there (keys and variables then include it).
+    """
     instructions = df.parse(dockerfile)
     ignore = DockerIgnore.of(context)
     steps: list[Step] = []
@@ -98,8 +106,11 @@ def plan(
             if step.base is not None:
                 config = copy.deepcopy(step.base.config)
                 key = step.base.key
+            elif images and ref in images:
+                key, config = images[ref][0], copy.deepcopy(images[ref][1])
+                step.pulled = True
             else:
-                key = digest("image", ref)
+                key = digest("unpulled", ref)
         elif k == "RUN":
             form = inst.exec_form()
             step.argv = form if form is not None else ["/bin/sh", "-c", inst.args]

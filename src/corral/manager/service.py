@@ -235,7 +235,11 @@ class Manager:
                 f"template {name}:{tag} is used by {len(users)} running sandbox(es): {', '.join(sorted(users)[:5])}"
             )
         await self.pool.drop(f"{name}:{tag}")
-        await asyncio.to_thread(self.templates.unregister, f"{name}:{tag}", self.builds.in_use())
+        # On the event loop (a few renames): a build of this process sees each layer kept or gone,
+        # never half removed. The removal itself goes to a thread.
+        _, trash = self.templates.unregister(f"{name}:{tag}", self.builds.in_use())
+        if trash:
+            self._spawn(asyncio.to_thread(_remove_dirs, trash))
 
     # ----------------------------------------------------------------- commands
 
@@ -484,6 +488,13 @@ class Manager:
         """Wait until background cleanups are done (tests and shutdown)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _remove_dirs(dirs: builtins.list[Any]) -> None:
+    import shutil
+
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _same_template(used: str, name: str, tag: str) -> bool:

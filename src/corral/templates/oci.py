@@ -12,6 +12,7 @@ Registries on a loopback address are spoken to over plain HTTP (as Docker does f
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import BuildFailedError, ImageNotFoundError, RegistryError
 from .shift import shift_owners
@@ -48,8 +50,9 @@ def registry_host(ref: str) -> str:
     return "docker.io"
 
 
-def pull(image_ref: str, rootfs: Path, say: Progress) -> str:
-    """Pull ``image_ref`` and unpack it, ready for sandboxes, into ``rootfs``; return its digest."""
+def pull(image_ref: str, rootfs: Path, say: Progress) -> tuple[str, dict[str, Any]]:
+    """Pull ``image_ref`` and unpack it, ready for sandboxes, into ``rootfs``; return its digest
+    and the part of its config a template inherits (``env``, ``workdir``)."""
     if not _REF.match(image_ref) or len(image_ref) > 512:
         raise ImageNotFoundError(f"{image_ref!r} is not an image reference")
     for tool, package in (("skopeo", "skopeo"), ("umoci", "umoci")):
@@ -68,12 +71,50 @@ def pull(image_ref: str, rootfs: Path, say: Progress) -> str:
         say(f"pulling {image_ref} with skopeo")
         out = _run(argv, image_ref)
         image_digest = Path(f"{tmp}/digest").read_text().strip()
+        image_config = read_config(layout)
         say(f"unpacking {image_digest[:19]} with umoci")
         _run(["umoci", "raw", "unpack", "--image", f"{layout}:image", str(rootfs)], image_ref, out)
     prepare_rootfs(rootfs, image_ref)
     say("shifting file owners into the sandbox uid range")
     shift_owners(rootfs)
-    return image_digest
+    return image_digest, image_config
+
+
+def read_config(layout: Path) -> dict[str, Any]:
+    """ENV and WORKDIR of the one image in an OCI layout (its CMD, ENTRYPOINT and USER are not
+    inherited: a template's start command and user come from its own Dockerfile)."""
+    try:
+        index = json.loads((layout / "index.json").read_text())
+        manifest = json.loads(_blob(layout, index["manifests"][0]["digest"]))
+        config = json.loads(_blob(layout, manifest["config"]["digest"])).get("config") or {}
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return {}
+    env = {}
+    for item in config.get("Env") or []:
+        key, sep, value = str(item).partition("=")
+        if sep and key:
+            env[key] = value
+    return {"env": env, "workdir": config.get("WorkingDir") or None}
+
+
+def _blob(layout: Path, digest: str) -> str:
+    algorithm, _, hexdigest = digest.partition(":")
+    if not re.fullmatch(r"[a-z0-9]+", algorithm) or not re.fullmatch(r"[a-f0-9]+", hexdigest):
+        raise ValueError(f"bad digest {digest!r}")
+    return (layout / "blobs" / algorithm / hexdigest).read_text()
+
+
+def check_exists(image_ref: str) -> None:
+    """Ask the registry for the image's manifest (quick): ImageNotFoundError or RegistryError now,
+    before a build starts, rather than at its first step."""
+    if not _REF.match(image_ref) or len(image_ref) > 512:
+        raise ImageNotFoundError(f"{image_ref!r} is not an image reference")
+    if shutil.which("skopeo") is None:
+        raise RegistryError("skopeo is not installed (apt-get install skopeo)")
+    argv = ["skopeo", "--command-timeout", "60s", "inspect", "--raw"]
+    if _LOOPBACK.match(registry_host(image_ref)):
+        argv.append("--tls-verify=false")
+    _run([*argv, f"docker://{image_ref}"], image_ref)
 
 
 def _run(argv: list[str], image_ref: str, prior: str = "") -> str:

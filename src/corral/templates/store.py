@@ -150,8 +150,13 @@ class TemplateStore:
                 out.append(Resolved.from_dict(json.loads(meta.read_text())))
         return out
 
-    def unregister(self, ref: str, keep: set[str] | None = None) -> Resolved:
-        """Remove a Dockerfile-built template's tag; then free the layers nothing uses any more."""
+    def unregister(self, ref: str, keep: set[str] | None = None) -> tuple[Resolved, builtins.list[Path]]:
+        """Remove a Dockerfile-built template's tag and take away the layers nothing uses any more.
+
+        Returns the template and the trash dirs its unused layers were moved to (the caller
+        removes them, which takes a while; moving them out is instant, so a build running in the
+        same process never finds a layer half removed: it finds it, or it does not).
+        """
         name, tag = split_ref(ref)
         meta = self.refs / name / f"{tag}.json"
         if not meta.exists():
@@ -161,8 +166,7 @@ class TemplateStore:
         meta.unlink()
         with contextlib.suppress(OSError):
             meta.parent.rmdir()
-        self.collect_garbage(keep)
-        return res
+        return res, self.collect_garbage(keep)
 
     def referenced_dirs(self) -> set[str]:
         """Every lower dir some tagged template stacks (they must outlive a rebuild of their base)."""
@@ -174,15 +178,15 @@ class TemplateStore:
                 used.update(data.get("layers", []))
         return used
 
-    def collect_garbage(self, keep: set[str] | None = None) -> builtins.list[str]:
-        """Remove layers no template references, no mounted overlay uses and ``keep`` (the lower
-        dirs of builds in progress) does not name; return their keys.
+    def collect_garbage(self, keep: set[str] | None = None) -> builtins.list[Path]:
+        """Move away the layers no template references, no mounted overlay uses and ``keep`` (the
+        lower dirs of builds in progress) does not name; return the trash dirs to remove.
 
         The build cache goes with them: a later build of the same steps runs them again.
         """
         used = self.referenced_dirs() | (keep or set())
         mounted = Path("/proc/mounts").read_text()
-        removed = []
+        trash = []
         for layer in self.layers.iterdir() if self.layers.is_dir() else []:
             diff = layer / "diff"
             if layer.name.startswith(".") or str(diff) in used or str(diff) in mounted:
@@ -190,18 +194,20 @@ class TemplateStore:
             meta = self._layer_meta(layer.name)
             if meta is not None and meta.get("empty") and time.time() - meta.get("created_at", 0) < 3600:
                 continue  # an empty step's marker is tiny; kept a while as a cache entry
-            shutil.rmtree(layer, ignore_errors=True)
-            removed.append(layer.name)
+            target = self.layers / f".trash-{layer.name}-{os.getpid()}-{time.monotonic_ns()}"
+            with contextlib.suppress(OSError):
+                os.rename(layer, target)
+                trash.append(target)
         for pin in self.images.glob("*.json") if self.images.is_dir() else []:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 if not (self.layers / json.loads(pin.read_text())["layer"]).is_dir():
                     pin.unlink()
-        return removed
+        return trash
 
     def remove_abandoned(self) -> builtins.list[str]:
         """Remove scratch dirs (half-made layers, received contexts) of server processes that died."""
         removed = []
-        for pattern in ("layers/.tmp-*", "contexts/ctx-*"):
+        for pattern in ("layers/.tmp-*", "layers/.trash-*", "contexts/ctx-*"):
             for scratch in self.root.glob(pattern):
                 try:
                     pid = int(scratch.name.split("-")[-2 if pattern.startswith("layers") else 1])
