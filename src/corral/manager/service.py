@@ -30,6 +30,7 @@ from ..templates.store import Resolved, TemplateStore, split_ref
 from . import metrics
 from .builds import Builds
 from .pool import Pool
+from .readiness import start_and_wait_ready
 from .states import LIVE, State, check_transition
 
 log = logging.getLogger("corral.manager")
@@ -169,7 +170,7 @@ class Manager:
             if envs:
                 await lv.agent.configure(envs=envs, hostname=sandbox_id)
             if template.config.start_cmd:
-                await _start_and_wait_ready(lv.agent, template, self.settings.ready_timeout)
+                await start_and_wait_ready(lv.agent, template, self.settings.ready_timeout)
         except BaseException:
             self.live.pop(sandbox_id, None)
             await self._safe_cleanup(handle)
@@ -500,42 +501,6 @@ def _remove_dirs(dirs: builtins.list[Any]) -> None:
 def _same_template(used: str, name: str, tag: str) -> bool:
     used_name, _, used_tag = used.partition(":")
     return used_name == name and (used_tag or "latest") == tag
-
-
-async def _start_and_wait_ready(agent: AgentClient, template: Resolved, timeout: float) -> None:
-    """Start the template's start command in the background; return once its ready check passes.
-
-    Without a ready check, create returns as soon as the start command has started.
-    """
-    cfg = template.config
-    assert cfg.start_cmd is not None
-    stream = agent.exec(
-        cmd="/bin/bash", args=["-l", "-c", cfg.start_cmd], envs={}, cwd=cfg.workdir, user=cfg.user, tag="start_cmd"
-    )
-    started = await _started(stream)
-    await started.aclose()  # type: ignore[attr-defined]
-    if not cfg.ready_cmd:
-        return
-    deadline = time.monotonic() + timeout
-    output = ""
-    while True:
-        code = None
-        output = ""
-        async for event in agent.exec(
-            cmd="/bin/bash", args=["-l", "-c", cfg.ready_cmd], envs={}, cwd=cfg.workdir, user=cfg.user, timeout=10
-        ):
-            if event.get("type") in ("stdout", "stderr"):
-                output = (output + event["data"].decode(errors="replace"))[-500:]
-            elif event.get("type") == "end":
-                code = event.get("exit_code")
-        if code == 0:
-            return
-        if time.monotonic() > deadline:
-            raise errors.SandboxFailedError(
-                f"the start command of template {template.ref} did not become ready within {timeout:.0f} s "
-                f"(ready check `{cfg.ready_cmd}` exited {code}: {output.strip()[-300:]})"
-            )
-        await asyncio.sleep(0.1)  # the next probe of the ready check (a poll with a deadline)
 
 
 def _bounded(name: str, value: float, maximum: float) -> float:
