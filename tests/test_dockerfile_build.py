@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
 import subprocess
 import sys
@@ -229,6 +231,25 @@ def test_cli_build_prints_steps_and_cached(api: dict[str, str], name: str, tmp_p
     assert name in listed.stdout and "base" in listed.stdout
     bad = subprocess.run([*argv[:-1], "--build-arg", "X=1", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 1 and "dockerfile_invalid" in bad.stderr
+    cli = [sys.executable, "-m", "corral.cli.main", "template"]
+    got = subprocess.run([*cli, "get", name], capture_output=True, text=True, cwd=REPO, timeout=60)
+    build_id = json.loads(got.stdout)["build_id"]
+    logs = subprocess.run([*cli, "logs", build_id], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert "Step 2/2 : RUN echo from-cli > /cli.txt" in logs.stdout and "CACHED" in logs.stdout
+    assert subprocess.run([*cli, "delete", name], cwd=REPO, timeout=60).returncode == 0
+
+
+def test_async_sdk_builds_too(api: dict[str, str], name: str, tmp_path: Path) -> None:
+    from corral import AsyncSandbox, AsyncTemplate
+
+    async def main() -> str:
+        tpl = AsyncTemplate().from_template("base").run(f"echo async {name} > /async.txt")
+        result = await AsyncTemplate.build(tpl, name=name, **api)
+        assert (await AsyncTemplate.get(result.template.ref, **api)).build_id == result.build_id
+        async with await AsyncSandbox.create(template=name, **api) as sbx:
+            return (await sbx.commands.run("cat /async.txt")).stdout
+
+    assert asyncio.run(main()) == f"async {name}\n"
 
 
 def test_openapi_lists_the_template_routes(corral_server: ServerProcess) -> None:

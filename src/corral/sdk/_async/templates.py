@@ -164,35 +164,48 @@ class AsyncTemplate:
         return BuildResult(build_id=end["build_id"], template=TemplateInfo.from_dict(end["template"]), events=events)
 
     @staticmethod
-    async def list(*, api_key: str | None = None, api_url: str | None = None) -> builtins.list[TemplateInfo]:
-        async with AsyncApiClient(ConnectionConfig.resolve(api_key, api_url)) as api:
+    async def list(
+        *, api_key: str | None = None, api_url: str | None = None, base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> builtins.list[TemplateInfo]:
+        async with AsyncApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)) as api:
             data = await api.request("GET", "/v1/templates")
         return [TemplateInfo.from_dict(d) for d in data["templates"]]
 
     @staticmethod
-    async def get(ref: str, *, api_key: str | None = None, api_url: str | None = None) -> TemplateInfo:
+    async def get(
+        ref: str, *, api_key: str | None = None, api_url: str | None = None, base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> TemplateInfo:
         """A template by ``name`` or ``name:tag``."""
-        async with AsyncApiClient(ConnectionConfig.resolve(api_key, api_url)) as api:
+        async with AsyncApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)) as api:
             return TemplateInfo.from_dict(await api.request("GET", f"/v1/templates/{ref}"))
 
     @staticmethod
-    async def delete(ref: str, *, api_key: str | None = None, api_url: str | None = None) -> None:
+    async def delete(
+        ref: str, *, api_key: str | None = None, api_url: str | None = None, base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
         """Delete a template (``TemplateInUseError`` while a sandbox runs from it)."""
-        async with AsyncApiClient(ConnectionConfig.resolve(api_key, api_url)) as api:
+        async with AsyncApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)) as api:
             await api.request("DELETE", f"/v1/templates/{ref}")
 
     @staticmethod
-    async def get_build(build_id: str, *, api_key: str | None = None, api_url: str | None = None) -> BuildInfo:
-        async with AsyncApiClient(ConnectionConfig.resolve(api_key, api_url)) as api:
+    async def get_build(
+        build_id: str, *, api_key: str | None = None, api_url: str | None = None, base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> BuildInfo:
+        async with AsyncApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)) as api:
             return BuildInfo.from_dict(await api.request("GET", f"/v1/builds/{build_id}"))
 
     @staticmethod
     async def build_logs(
-        build_id: str, *, api_key: str | None = None, api_url: str | None = None
+        build_id: str, *, api_key: str | None = None, api_url: str | None = None, base_url: str | None = None,
+        request_timeout: float | None = None,
     ) -> builtins.list[dict[str, Any]]:
         """A build's events (the whole log of a finished build; up to now and then live for a running one)."""
         events = []
-        async with AsyncApiClient(ConnectionConfig.resolve(api_key, api_url)) as api:
+        async with AsyncApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)) as api:
             resp = await api.open_stream("GET", f"/v1/builds/{build_id}/logs", read_timeout=3600)
             async for line in api.iter_lines(resp):
                 if line.strip():

@@ -169,35 +169,67 @@ class Template:
         )
 
     @staticmethod
-    def list(*, api_key: str | None = None, api_url: str | None = None) -> builtins.list[TemplateInfo]:
-        with ApiClient(ConnectionConfig.resolve(api_key, api_url)) as api:
+    def list(
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> builtins.list[TemplateInfo]:
+        with ApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)) as api:
             data = api.request("GET", "/v1/templates")
         return [TemplateInfo.from_dict(d) for d in data["templates"]]
 
     @staticmethod
-    def get(ref: str, *, api_key: str | None = None, api_url: str | None = None) -> TemplateInfo:
+    def get(
+        ref: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> TemplateInfo:
         """A template by ``name`` or ``name:tag``."""
-        with ApiClient(ConnectionConfig.resolve(api_key, api_url)) as api:
+        with ApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)) as api:
             return TemplateInfo.from_dict(api.request("GET", f"/v1/templates/{ref}"))
 
     @staticmethod
-    def delete(ref: str, *, api_key: str | None = None, api_url: str | None = None) -> None:
+    def delete(
+        ref: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
         """Delete a template (``TemplateInUseError`` while a sandbox runs from it)."""
-        with ApiClient(ConnectionConfig.resolve(api_key, api_url)) as api:
+        with ApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)) as api:
             api.request("DELETE", f"/v1/templates/{ref}")
 
     @staticmethod
-    def get_build(build_id: str, *, api_key: str | None = None, api_url: str | None = None) -> BuildInfo:
-        with ApiClient(ConnectionConfig.resolve(api_key, api_url)) as api:
+    def get_build(
+        build_id: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> BuildInfo:
+        with ApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)) as api:
             return BuildInfo.from_dict(api.request("GET", f"/v1/builds/{build_id}"))
 
     @staticmethod
     def build_logs(
-        build_id: str, *, api_key: str | None = None, api_url: str | None = None
+        build_id: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
     ) -> builtins.list[dict[str, Any]]:
         """A build's events (the whole log of a finished build; up to now and then live for a running one)."""
         events = []
-        with ApiClient(ConnectionConfig.resolve(api_key, api_url)) as api:
+        with ApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)) as api:
             resp = api.open_stream("GET", f"/v1/builds/{build_id}/logs", read_timeout=3600)
             for line in api.iter_lines(resp):
                 if line.strip():
