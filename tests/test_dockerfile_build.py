@@ -274,3 +274,14 @@ def test_a_start_command_that_never_gets_ready_fails_the_create(tmp_path: Path) 
     finally:
         server.stop()
         server.remove_dirs()
+
+
+def test_too_many_layers_is_a_clear_error(api: dict[str, str], name: str, tmp_path: Path) -> None:
+    lines = ["FROM base"]
+    for i in range(50):
+        (tmp_path / f"f{i}").write_text(f"{name} {i}")
+        lines.append(f"COPY f{i} /many/")  # each COPY is a layer (done on the host: fast)
+    (tmp_path / "Dockerfile").write_text("\n".join(lines) + "\n")
+    with pytest.raises(BuildFailedError, match="over the limit of 48") as e:
+        Template.build(name=name, context_dir=tmp_path, **api)
+    assert e.value.details["step"] == 49

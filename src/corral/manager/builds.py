@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .. import errors
 from ..agent.client import AgentClient
 from ..backends import Limits, SandboxSpec
+from ..backends.namespace.overlay import MAX_LOWER_DIRS
 from ..templates import context as ctx
 from ..templates import fsops, oci
 from ..templates.recipes import RECIPES
@@ -215,12 +216,6 @@ class Builds:
                 all_cached = all_cached and cached
                 await self._emit(build, {"type": "step_end", "step": step.number, "cached": cached,
                                          "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
-            from ..backends.namespace.overlay import MAX_LOWER_DIRS
-
-            if len(lowers) > MAX_LOWER_DIRS:
-                raise errors.BuildFailedError(
-                    f"the template would stack {len(lowers)} layers, over the limit of {MAX_LOWER_DIRS}; merge RUN steps"
-                )
             build.config.user = await asyncio.to_thread(_user_name, lowers, build.config.user)
             res = Resolved(
                 name=build.record["name"], tag=build.record["tag"], template_dir=lowers[0], layers=tuple(lowers[1:]),
@@ -260,6 +255,12 @@ class Builds:
             return await self._pull(build, step, lowers)
         if not step.makes_layer:
             return use_cache
+        if len(lowers) >= MAX_LOWER_DIRS:
+            raise errors.BuildFailedError(
+                f"step {step.number} would stack layer {len(lowers) + 1}, over the limit of {MAX_LOWER_DIRS} "
+                "(an overlay's lower dirs); merge RUN steps (cmd1 && cmd2) or COPY a directory at once",
+                step=step.number,
+            )
         cached = self.store.cached_layer(step.key)
         if cached is not None and use_cache:
             if cached["diff"] is not None:

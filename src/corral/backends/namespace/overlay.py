@@ -138,6 +138,8 @@ def overlay_options(lower: Path | Sequence[Path], upper: Path | None, work: Path
     opts = "lowerdir=" + ":".join(str(p) for p in lowers)
     if upper is not None and work is not None:
         opts += f",upperdir={upper},workdir={work}"
+    if len(opts) >= 4000:  # mount(2) copies one page of options
+        raise ValueError(f"overlay options of {len(opts)} bytes: too many or too long lower dir paths")
     return opts
 
 
