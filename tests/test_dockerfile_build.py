@@ -270,8 +270,9 @@ def test_a_start_command_that_never_gets_ready_fails_the_create(tmp_path: Path) 
         assert Sandbox.list(state="running", **api) == []
         # the failed sandbox was freed: nothing of it is left in the run dir
         wait_until(lambda: not [p for p in server.run_dir.iterdir() if p.is_dir()], timeout=30, what="cleanup")
-        Template.delete(name, **api)
     finally:
+        if any(t.name == name for t in Template.list(**api)):
+            Template.delete(name, **api)
         server.stop()
         server.remove_dirs()
 
