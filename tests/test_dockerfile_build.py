@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -286,3 +288,35 @@ def test_too_many_layers_is_a_clear_error(api: dict[str, str], name: str, tmp_pa
     with pytest.raises(BuildFailedError, match="over the limit of 48") as e:
         Template.build(name=name, context_dir=tmp_path, **api)
     assert e.value.details["step"] == 49
+
+
+def test_a_server_killed_during_a_build_cleans_up_at_its_next_start(tmp_path: Path) -> None:
+    server = ServerProcess(pool_size=0).start()
+    api = {"api_url": server.url, "api_key": server.api_key}
+    name = f"t-{secrets.token_hex(4)}"
+    (tmp_path / "Dockerfile").write_text(f"FROM base\nRUN echo started {name}; sleep 600\n")
+    events: list[dict] = []
+
+    def build() -> None:
+        with contextlib.suppress(Exception):  # the server dies under it
+            Template.build(name=name, context_dir=tmp_path, on_event=events.append, **api)
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(build)
+        wait_until(lambda: any(e.get("data") == f"started {name}" for e in events), timeout=60, what="the RUN step")
+        assert server.proc is not None
+        scratch = list((TEMPLATES_DIR / "layers").glob(f".tmp-*-{server.proc.pid}-*"))
+        assert scratch  # the RUN step's upper dir, being written
+        server.stop(signal.SIGKILL)
+    try:
+        server.start()
+        build_id = events[0]["build_id"]
+        info = Template.get_build(build_id, **api)
+        assert info.status == "failed" and info.error and "stopped" in info.error["message"]
+        # the build sandbox was reaped (it was no one's), its half-made layer removed
+        wait_until(lambda: not [p for p in server.run_dir.iterdir() if p.is_dir()], timeout=30, what="reaping")
+        assert not [p for p in scratch if p.exists()], "the killed build's scratch layer is still there"
+        assert all(t.name != name for t in Template.list(**api))
+    finally:
+        server.stop()
+        server.remove_dirs()

@@ -188,3 +188,11 @@ def test_export_to_an_ext4_image_merges_layers_and_unshifts_owners(tmp_path: Pat
     stat = subprocess.run(["debugfs", "-R", "stat /new.txt", str(image)], capture_output=True, text=True).stdout
     assert "User:  1000   Group:  1000" in stat
     assert export_image(TemplateStore(tmp_path / "templates"), res) == image  # cached
+
+
+def test_builds_of_a_dead_server_are_marked_failed(tmp_path: Path) -> None:
+    store = TemplateStore(tmp_path)
+    store.save_build({"build_id": "dead1", "status": "building", "pid": 999999999, "name": "x", "tag": "latest"})
+    store.save_build({"build_id": "live1", "status": "building", "pid": os.getpid(), "name": "x", "tag": "latest"})
+    assert store.fail_abandoned_builds() == ["dead1"]
+    assert store.build("dead1")["status"] == "failed" and store.build("live1")["status"] == "building"

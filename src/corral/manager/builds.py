@@ -133,7 +133,7 @@ class Builds:
         build_id = secrets.token_hex(10)
         record = {
             "build_id": build_id, "name": name, "tag": tag, "status": "building", "started_at": time.time(),
-            "finished_at": None, "steps": len(steps), "error": None, "template": None,
+            "finished_at": None, "steps": len(steps), "error": None, "template": None, "pid": os.getpid(),
         }  # fmt: skip
         build = Build(build_id, req, steps, config, record)
         self.store.save_build(record)

@@ -107,8 +107,9 @@ class Manager:
                 self._transition(rec, State.FAILED, "lost while the server was down; its resources were reaped")
         reaped = await self.backend.reap_orphans(keep)
         abandoned = await asyncio.to_thread(self.templates.remove_abandoned)
+        abandoned += await asyncio.to_thread(self.templates.fail_abandoned_builds)
         if abandoned:
-            log.info("removed %d scratch dirs of template builds that died: %s", len(abandoned), ", ".join(abandoned))
+            log.info("cleaned up after %d template builds that died: %s", len(abandoned), ", ".join(abandoned))
         if reaped:
             log.info("reaped %d orphaned sandboxes: %s", len(reaped), ", ".join(reaped))
         self.pool.start()

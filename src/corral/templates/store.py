@@ -299,5 +299,31 @@ class TemplateStore:
             raise BuildNotFoundError(f"build {build_id!r} does not exist") from None
         return data
 
+    def fail_abandoned_builds(self) -> builtins.list[str]:
+        """Mark failed the builds still "building" whose server process is gone (it crashed)."""
+        failed = []
+        for path in self.builds.glob("*.json") if self.builds.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                record = json.loads(path.read_text())
+                if record["status"] != "building" or _alive(record.get("pid")):
+                    continue
+                record.update(status="failed", finished_at=time.time(), error={
+                    "code": "build_failed", "message": "the server stopped while the build ran"})  # fmt: skip
+                self.save_build(record)
+                failed.append(record["build_id"])
+        return failed
+
     def log_path(self, build_id: str) -> Path:
         return self.builds / f"{build_id}.ndjson"
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
