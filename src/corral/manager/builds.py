@@ -91,8 +91,12 @@ class Builds:
         work = Path(tempfile.mkdtemp(prefix=f"ctx-{os.getpid()}-", dir=contexts))
         try:
             spool = work / "context.tar"
+            received = 0
             with open(spool, "wb") as f:
                 async for chunk in chunks:
+                    received += len(chunk)
+                    if received > ctx.MAX_CONTEXT_BYTES:
+                        raise errors.PayloadTooLargeError(f"a build context is at most {ctx.MAX_CONTEXT_BYTES} bytes")
                     f.write(chunk)
             tree = work / "tree"
             tree.mkdir()
