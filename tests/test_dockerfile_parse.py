@@ -196,3 +196,16 @@ def test_builds_of_a_dead_server_are_marked_failed(tmp_path: Path) -> None:
     store.save_build({"build_id": "live1", "status": "building", "pid": os.getpid(), "name": "x", "tag": "latest"})
     assert store.fail_abandoned_builds() == ["dead1"]
     assert store.build("dead1")["status"] == "failed" and store.build("live1")["status"] == "building"
+
+
+def test_start_command_from_entrypoint_cmd_and_labels(tmp_path: Path) -> None:
+    store = TemplateStore(tmp_path / "templates")
+    text = 'FROM ghcr.example/img\nENTRYPOINT ["python3", "-m"]\nCMD ["http.server", "8000"]\nLABEL corral.ready_cmd="curl -sf localhost:8000"\n'
+    _, config = plan(store, text, tmp_path, {})
+    assert config.start_cmd == "python3 -m http.server 8000" and config.ready_cmd == "curl -sf localhost:8000"
+    _, config = plan(store, text, tmp_path, {}, start_cmd="sleep 1", ready_cmd="")
+    assert config.start_cmd == "sleep 1" and config.ready_cmd is None
+    _, config = plan(store, "FROM ghcr.example/img\nCMD echo shell form $HOME\n", tmp_path, {})
+    assert config.start_cmd == "echo shell form $HOME"
+    with pytest.raises(BuildContextError, match="needs a start command"):
+        plan(store, "FROM ghcr.example/img\n", tmp_path, {}, ready_cmd="true")
