@@ -209,3 +209,13 @@ def test_start_command_from_entrypoint_cmd_and_labels(tmp_path: Path) -> None:
     assert config.start_cmd == "echo shell form $HOME"
     with pytest.raises(BuildContextError, match="needs a start command"):
         plan(store, "FROM ghcr.example/img\n", tmp_path, {}, ready_cmd="true")
+
+
+def test_from_a_recipe_template_that_is_not_built_says_so(tmp_path: Path) -> None:
+    from corral.errors import TemplateNotFoundError
+    from corral.templates.recipes import RECIPES
+
+    store = TemplateStore(tmp_path / "templates")  # an empty templates dir: base is not built there
+    assert "base" in RECIPES
+    with pytest.raises(TemplateNotFoundError, match="ensure base"):
+        plan(store, "FROM base\n", tmp_path, {})

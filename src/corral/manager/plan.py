@@ -19,6 +19,7 @@ from ..errors import BuildContextError, DockerfileError, TemplateNotFoundError, 
 from ..templates import context as ctx
 from ..templates import dockerfile as df
 from ..templates.oci import is_image_ref
+from ..templates.recipes import RECIPES
 from ..templates.store import Resolved, TemplateConfig, TemplateStore, digest
 
 LAYER_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")
@@ -102,6 +103,11 @@ def plan(
                     raise TemplateNotFoundError(ref)
                 step.base = store.resolve(ref)
             except TemplateNotFoundError:
+                if ref.partition(":")[0] in RECIPES:
+                    raise TemplateNotFoundError(
+                        f"line {inst.line}: template {ref!r} is not built on this host "
+                        f"(python -m corral.templates ensure {ref.partition(':')[0]})"
+                    ) from None
                 step.image = ref
             if step.base is not None:
                 config = copy.deepcopy(step.base.config)
