@@ -219,3 +219,14 @@ def test_from_a_recipe_template_that_is_not_built_says_so(tmp_path: Path) -> Non
     assert "base" in RECIPES
     with pytest.raises(TemplateNotFoundError, match="ensure base"):
         plan(store, "FROM base\n", tmp_path, {})
+
+
+def test_garbage_collection_waits_for_no_build_of_any_server(tmp_path: Path) -> None:
+    store = TemplateStore(tmp_path)
+    orphan = tmp_path / "layers" / "abc" / "diff"
+    orphan.mkdir(parents=True)
+    (orphan.parent / "meta.json").write_text('{"empty": false}')
+    with store.building():  # a build runs: its layers may not be registered yet
+        assert store.collect_garbage() == [] and orphan.is_dir()
+    trash = store.collect_garbage()
+    assert len(trash) == 1 and not orphan.exists() and (trash[0] / "diff").is_dir()

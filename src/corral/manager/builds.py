@@ -211,7 +211,9 @@ class Builds:
         lowers = build.lowers
         all_cached = not req.no_cache
         status, error, template = "failed", None, None
+        held = contextlib.ExitStack()
         try:
+            held.enter_context(self.store.building())  # blocks only while a collection renames (ms)
             for index in range(total):
                 step = build.steps[index]  # (the list is re-planned once a FROM image is pulled)
                 started = time.monotonic()
@@ -238,6 +240,7 @@ class Builds:
             log.exception("build %s", build.build_id)
             error = errors.BuildFailedError(f"internal error: {type(e).__name__}: {e}").to_body()
         finally:
+            held.close()
             build.record.update(status=status, error=error, template=template, finished_at=time.time())
             self.store.save_build(build.record)
             end = {"type": "end", "status": status, "build_id": build.build_id, "error": error, "template": template}

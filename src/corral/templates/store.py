@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -184,6 +185,18 @@ class TemplateStore:
 
         The build cache goes with them: a later build of the same steps runs them again.
         """
+        lock = os.open(self.root / ".gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a build runs (in this or another server): collect at a later delete
+            os.close(lock)
+            return []
+        try:
+            return self._collect(keep)
+        finally:
+            os.close(lock)
+
+    def _collect(self, keep: set[str] | None) -> builtins.list[Path]:
         used = self.referenced_dirs() | (keep or set())
         mounted = Path("/proc/mounts").read_text()
         trash = []
@@ -203,6 +216,19 @@ class TemplateStore:
                 if not (self.layers / json.loads(pin.read_text())["layer"]).is_dir():
                     pin.unlink()
         return trash
+
+    @contextlib.contextmanager
+    def building(self) -> Iterator[None]:
+        """Held by a build from its first step until its template is registered: garbage
+        collection (in any server on this host) does not run meanwhile, so it never takes a
+        layer a build has made or found in the cache but not yet registered."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.root / ".gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH)  # waits only while a collection moves layers away
+            yield
+        finally:
+            os.close(lock)
 
     def remove_abandoned(self) -> builtins.list[str]:
         """Remove scratch dirs (half-made layers, received contexts) of server processes that died."""
