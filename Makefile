@@ -27,9 +27,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[server,dev]'
 	touch $@
 
-# The default template, built once with mmdebstrap and cached until its recipe changes.
+# The templates (base, and code-interpreter with Jupyter kernels), built with mmdebstrap and cached
+# until their recipe changes.
 template: venv
 	$(BIN)/python -m corral.templates ensure base --templates-dir $(DATA_DIR)/templates
+	$(BIN)/python -m corral.templates ensure code-interpreter --templates-dir $(DATA_DIR)/templates
 
 serve: setup
 	$(BIN)/corral serve --data-dir $(DATA_DIR)

@@ -3,6 +3,8 @@
 Scenarios (issue 2): create + first output of `echo hi` + kill through the SDK over HTTP; command
 round trip of `true`; PTY keystroke echo round trip; 200 concurrent idle sandboxes (host memory each, time to create all);
 20 parallel clients doing create/run/kill for a fixed time (errors, leftovers, sandboxes/s).
+Code interpreter (issue 3, when the code-interpreter template is built): `x = 1` round trip in a
+warm Python context, next to the command round trip of the same run; the first cell of a new sandbox.
 Set BENCH_QUICK=1 for a short smoke run.
 """
 
@@ -26,6 +28,7 @@ from .floor import bare_bwrap_echo  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 RESULTS = Path(__file__).resolve().parent / "results"
+CODE = (TEMPLATES_DIR / "code-interpreter" / "current.json").exists()
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -76,6 +79,27 @@ def bench_round_trip(server: ServerProcess, runs: int) -> dict:
             sbx.commands.run("true")
             samples.append(time.perf_counter() - t0)
     return ms(samples)
+
+
+def bench_code(server: ServerProcess, runs: int) -> dict:
+    """``x = 1`` in a warm Python context, and the first cell of a fresh code-interpreter sandbox."""
+    api = {"api_url": server.url, "api_key": server.api_key}
+    first = []
+    for _ in range(3 if QUICK else 5):
+        with Sandbox.create(template="code-interpreter", **api) as sbx:
+            t0 = time.perf_counter()
+            sbx.run_code("x = 1")
+            first.append(time.perf_counter() - t0)
+    with Sandbox.create(template="code-interpreter", **api) as sbx:
+        for _ in range(10):
+            sbx.run_code("x = 1")
+        samples = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            execution = sbx.run_code("x = 1")
+            samples.append(time.perf_counter() - t0)
+            assert execution.error is None
+    return {"round_trip": ms(samples), "first_cell_after_create": ms(first)}
 
 
 def bench_pty_echo(server: ServerProcess, keystrokes: int) -> dict:
@@ -158,6 +182,9 @@ def main() -> int:
         results["create_echo_kill"] = bench_create_run_kill(server, runs=10 if QUICK else 60, gap=0.15)
         print("command round trip...", flush=True)
         results["command_round_trip"] = bench_round_trip(server, runs=30 if QUICK else 200)
+        if CODE:
+            print("code interpreter: x = 1 round trip, first cell...", flush=True)
+            results["code"] = bench_code(server, runs=30 if QUICK else 200)
         print("PTY keystroke echo round trip...", flush=True)
         results["pty_keystroke_echo"] = bench_pty_echo(server, keystrokes=30 if QUICK else 100)
         print("concurrent idle sandboxes...", flush=True)
@@ -184,6 +211,10 @@ def main() -> int:
          f"{results['create_echo_kill_cold']['p95_ms']} ms", "-"),
         ("command round trip `true`", f"{results['command_round_trip']['p50_ms']} ms",
          f"{results['command_round_trip']['p95_ms']} ms", "p50 <= 5 ms"),
+        *([("run_code `x = 1` (warm Python context)", f"{results['code']['round_trip']['p50_ms']} ms",
+            f"{results['code']['round_trip']['p95_ms']} ms", "p50 <= 10 ms"),
+           ("  first cell of a new sandbox (pool warm)", f"{results['code']['first_cell_after_create']['p50_ms']} ms",
+            f"{results['code']['first_cell_after_create']['p95_ms']} ms", "-")] if CODE else []),
         ("PTY keystroke echo round trip", f"{results['pty_keystroke_echo']['p50_ms']} ms",
          f"{results['pty_keystroke_echo']['p95_ms']} ms", "p50 <= 5 ms"),
         (f"{results['idle_sandboxes']['sandboxes']} idle sandboxes", f"{results['idle_sandboxes']['host_mib_each']} MiB each",

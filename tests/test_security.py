@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import os
 import secrets
@@ -158,10 +159,23 @@ def test_output_flood_and_closed_stdout_do_not_hurt_the_server(corral_server: Se
 
 @pytest.mark.network
 def test_pip_install_with_internet_on(api: dict[str, str]) -> None:
+    # A real download (six is already installed in the template, so `pip install six` would not
+    # fetch anything), over TLS checked with the host's CA certificates.
     with Sandbox.create(internet=True, **api) as s:
-        r = s.commands.run("pip install --quiet --no-cache-dir six && python3 -c 'import six; print(six.__name__)'",
-                           timeout=180)
-        assert r.stdout.strip().endswith("six")
+        r = s.commands.run("pip download --quiet --no-cache-dir --no-deps -d /tmp/dl six && ls /tmp/dl", timeout=180)
+        assert r.stdout.strip().startswith("six-") and r.stdout.strip().endswith(".whl")
+
+
+def test_the_sandbox_trusts_the_hosts_ca_certificates(sbx: Sandbox) -> None:
+    host = hashlib.sha256(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes()).hexdigest()
+    r = sbx.commands.run("sha256sum /etc/ssl/certs/ca-certificates.crt; printenv SSL_CERT_FILE REQUESTS_CA_BUNDLE")
+    digest, _, bundle, requests_bundle = r.stdout.split()
+    assert digest == host
+    assert bundle == requests_bundle == "/etc/ssl/certs/ca-certificates.crt"
+    # Read-only, even for root inside.
+    with pytest.raises(CommandExitError) as denied:
+        sbx.commands.run("echo x >> /etc/ssl/certs/ca-certificates.crt", user="root", timeout=10)
+    assert "Read-only file system" in denied.value.stderr or "Permission denied" in denied.value.stderr
 
 
 def test_internet_off_has_no_way_out(api: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ status; the SDK maps the body back to the same class with :func:`error_from_body
     ├── AuthenticationError          401 unauthorized
     ├── InvalidRequestError          400 invalid_request
     │   ├── PayloadTooLargeError     413 payload_too_large
+    │   ├── NotSupportedError        400 not_supported      (e.g. run_code on a template without kernels)
     │   ├── DockerfileError          400 dockerfile_invalid     (details: line)
     │   ├── UnsupportedInstructionError 400 unsupported_instruction (details: instruction, line)
     │   └── BuildContextError        400 build_context_invalid  (COPY outside the context, ...)
@@ -15,9 +16,10 @@ status; the SDK maps the body back to the same class with :func:`error_from_body
     │   ├── SandboxNotFoundError     404 sandbox_not_found
     │   ├── TemplateNotFoundError    404 template_not_found
     │   ├── FileNotFoundError_       404 file_not_found     (exported as corral.FileNotFoundError)
+    │   ├── ProcessNotFoundError     404 process_not_found
+    │   ├── ContextNotFoundError     404 context_not_found
     │   ├── ImageNotFoundError       404 image_not_found    (FROM an OCI image the registry lacks)
-    │   ├── BuildNotFoundError       404 build_not_found
-    │   └── ProcessNotFoundError     404 process_not_found
+    │   └── BuildNotFoundError       404 build_not_found
     ├── ConflictError                409 conflict
     │   ├── SandboxNotRunningError   409 sandbox_not_running
     │   ├── FileExistsError_         409 file_exists
@@ -27,6 +29,8 @@ status; the SDK maps the body back to the same class with :func:`error_from_body
     ├── IsADirectoryError_           400 is_a_directory
     ├── LimitExceededError           429 limit_exceeded
     ├── SandboxFailedError           500 sandbox_failed
+    ├── KernelFailedError            500 kernel_failed      (a code context's kernel did not start)
+    ├── PortClosedError              502 port_closed        (nothing listens on a sandbox port)
     ├── BuildFailedError             422 build_failed       (a RUN step failed; details: step)
     ├── RegistryError                502 registry_error     (unreachable registry, failed pull)
     ├── UnavailableError             503 unavailable
@@ -69,6 +73,10 @@ class PayloadTooLargeError(InvalidRequestError):
     code, status = "payload_too_large", 413
 
 
+class NotSupportedError(InvalidRequestError):
+    code = "not_supported"
+
+
 class DockerfileError(InvalidRequestError):
     code = "dockerfile_invalid"
 
@@ -99,6 +107,10 @@ class FileNotFoundError_(NotFoundError):
 
 class ProcessNotFoundError(NotFoundError):
     code = "process_not_found"
+
+
+class ContextNotFoundError(NotFoundError):
+    code = "context_not_found"
 
 
 class ImageNotFoundError(NotFoundError):
@@ -143,6 +155,14 @@ class LimitExceededError(CorralError):
 
 class SandboxFailedError(CorralError):
     code, status = "sandbox_failed", 500
+
+
+class KernelFailedError(CorralError):
+    code, status = "kernel_failed", 500
+
+
+class PortClosedError(CorralError):
+    code, status = "port_closed", 502
 
 
 class BuildFailedError(CorralError):

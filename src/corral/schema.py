@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,6 +22,26 @@ def _check_envs(envs: dict[str, str]) -> dict[str, str]:
     return envs
 
 
+def _check_destinations(entries: list[str] | None) -> list[str] | None:
+    """Egress entries: IPv4 addresses or CIDRs, normalized (``10.1.2.3/8`` -> ``10.0.0.0/8``)."""
+    if entries is None:
+        return None
+    if len(entries) > 256:
+        raise ValueError("at most 256 entries")
+    out = []
+    for entry in entries:
+        try:
+            net = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{entry[:80]!r} is not an IPv4 address or CIDR (rules by domain name are not supported yet)"
+            ) from None
+        if net.version != 4:
+            raise ValueError(f"{entry!r}: sandboxes have no IPv6 egress to allow or deny")
+        out.append(str(net))
+    return out
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +55,15 @@ class CreateSandbox(Strict):
     memory_mb: int | None = Field(None, ge=32)
     disk_mb: int | None = Field(None, ge=16)
     internet: bool = True
+    public_ports: bool = Field(
+        True, description="Servers inside are reachable through the port URLs without a token; false asks for its traffic_token."
+    )
+    allow_out: list[str] = Field(
+        default_factory=list, description="IPv4 addresses or CIDRs always reachable, internet on or off."
+    )
+    deny_out: list[str] = Field(default_factory=list, description="IPv4 addresses or CIDRs refused (allow_out wins).")
+
+    _destinations = field_validator("allow_out", "deny_out")(classmethod(lambda cls, v: _check_destinations(v)))
 
     @field_validator("metadata")
     @classmethod
@@ -65,6 +95,11 @@ class SandboxInfo(BaseModel):
     disk_mb: int
     internet: bool
     reason: str | None = None
+    public_ports: bool = True
+    domain: str = Field("localhost", description="Port URLs are <port>-<sandbox id>.<domain> on the API's port.")
+    traffic_token: str | None = Field(
+        None, description="What the port URLs of a sandbox with public_ports=false ask for (header or query)."
+    )
 
 
 class SandboxList(BaseModel):
@@ -81,6 +116,70 @@ class RunCommand(Strict):
     tag: str | None = Field(None, max_length=256)
 
     _envs = field_validator("envs")(classmethod(lambda cls, v: _check_envs(v)))
+
+
+class RunCode(Strict):
+    code: str = Field(..., max_length=512 * 1024)
+    language: str | None = Field(
+        None, max_length=32, description="python (default), javascript, typescript, bash or r; not with context_id."
+    )
+    context_id: str | None = Field(None, max_length=64, description="A context from POST .../code/contexts.")
+    envs: dict[str, str] = Field(default_factory=dict, description="Environment variables for this run only.")
+    timeout: float | None = Field(
+        None, gt=0, le=86400, description="Seconds; the kernel is interrupted and the context keeps its state."
+    )
+
+    _envs = field_validator("envs")(classmethod(lambda cls, v: _check_envs(v)))
+
+
+class CreateCodeContext(Strict):
+    language: str | None = Field(None, max_length=32, description="python (default), javascript, typescript, bash or r.")
+    cwd: str | None = Field(None, max_length=4096, description="Absolute path; /home/user by default.")
+
+
+class CodeContext(BaseModel):
+    id: str
+    language: str
+    cwd: str
+
+
+class CodeContextList(BaseModel):
+    contexts: list[CodeContext]
+    languages: list[str] = Field(default_factory=list, description="The languages this sandbox's template has.")
+
+
+class UpdateNetwork(Strict):
+    internet: bool | None = Field(None, description="Unchanged when left out.")
+    allow_out: list[str] | None = Field(None, description="Replaces the list; unchanged when left out.")
+    deny_out: list[str] | None = Field(None, description="Replaces the list; unchanged when left out.")
+
+    _destinations = field_validator("allow_out", "deny_out")(classmethod(lambda cls, v: _check_destinations(v)))
+
+
+class BlockedDestination(BaseModel):
+    address: str
+    port: int
+    packets: int
+
+
+class NetworkInfo(BaseModel):
+    internet: bool
+    allow_out: list[str]
+    deny_out: list[str]
+    blocked: int = Field(..., description="Packets refused by the egress rules.")
+    blocked_destinations: list[BlockedDestination] = Field(..., description="Where they were going (last 1024).")
+    bytes_out: int
+    bytes_in: int
+
+
+class PortInfo(BaseModel):
+    port: int
+    url: str = Field(..., description="Host-based: <port>-<sandbox id>.<domain>.")
+    path_url: str = Field(..., description="Path-based: /v1/sandboxes/{id}/ports/{port}/ on the API's own address.")
+
+
+class PortList(BaseModel):
+    ports: list[PortInfo] = Field(..., description="TCP ports something listens on inside the sandbox.")
 
 
 class ProcessInfo(BaseModel):

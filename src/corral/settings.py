@@ -39,6 +39,16 @@ class Settings(BaseModel):
         120.0, description="How long create waits for a template's ready check to pass (CORRAL_READY_TIMEOUT)."
     )
     subnet: str = Field("10.213.0.0/16", description="Addresses for sandbox veth pairs (/30 each).")
+    domain: str = Field(
+        "localhost",
+        description="Port URLs are <port>-<sandbox id>.<domain> on the API's port; a wildcard DNS name the operator "
+        "points at corral, or localhost (browsers resolve *.localhost to loopback) (CORRAL_DOMAIN).",
+    )
+    ca_bundle: str = Field(
+        "/etc/ssl/certs/ca-certificates.crt",
+        description="The host's CA certificates, bound read-only over each sandbox's system bundle so code inside "
+        "trusts what the host trusts (a TLS-inspecting proxy's CA, say); empty keeps the template's own (CORRAL_CA_BUNDLE).",
+    )
     log_level: str = Field("info", description="uvicorn and corral log level (CORRAL_LOG_LEVEL).")
 
     @classmethod

@@ -172,6 +172,16 @@ def test_bwrap_argv() -> None:
     assert "--clearenv" in a and "--hostname" in a
     tail = a[a.index("--") + 1 :]
     assert tail[:3] == ["/usr/bin/python3", "-I", "-S"] and "9" in tail and "--ready-fd" in tail
+    assert bwrap.CA_BUNDLE_INSIDE not in a  # no host CA bundle given: the template's own stays
+
+
+def test_bwrap_binds_the_host_ca_bundle_read_only() -> None:
+    cfg = bwrap.BwrapConfig(
+        "sbx", Path("/r/root"), Path("/r/run"), Path("/a.py"), Path("/r/resolv"), Path("/r/hosts"), Path("/host/ca.crt")
+    )
+    a = bwrap.argv(cfg, userns_fd=7, seccomp_fd=8, ready_fd=9)
+    i = a.index("/host/ca.crt")
+    assert a[i - 1 : i + 2] == ["--ro-bind", "/host/ca.crt", "/etc/ssl/certs/ca-certificates.crt"]
 
 
 def test_seccomp_filter_builds(tmp_path: Path) -> None:

@@ -186,3 +186,29 @@ def test_cp_missing_file(env: dict[str, str], sbx: Sandbox, tmp_path: Path) -> N
     assert proc.returncode == 1
     assert proc.stderr.decode().startswith("error: file_not_found: ")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- run-code
+def test_run_code_streams_a_cell_from_stdin_and_keeps_state(env: dict[str, str], corral_server: Any) -> None:
+    with Sandbox.create(template="code-interpreter", api_url=corral_server.url, api_key=corral_server.api_key) as s:
+        sid = s.sandbox_id
+        ctx = corral(env, "code-context", "create", sid, "--language", "python")
+        assert ctx.returncode == 0, ctx.stderr
+        context_id = text(ctx).strip()
+        first = corral(env, "run-code", sid, "--context", context_id, input=b"import sys\nn = 21\nprint('out')\nprint('err', file=sys.stderr)\nn * 2\n")
+        assert first.returncode == 0, first.stderr
+        assert text(first) == "out\n42\n" and first.stderr.decode() == "err\n"
+        failed = corral(env, "run-code", sid, "--context", context_id, input=b"undefined_name")
+        assert failed.returncode == 1 and b"NameError" in failed.stderr
+        chart = corral(env, "run-code", sid, "--json", input=b"import matplotlib.pyplot as plt\nplt.plot([1, 2])\n")
+        assert chart.returncode == 0, chart.stderr
+        execution = json.loads(chart.stdout)
+        assert any(r["png"] for r in execution["results"]) and execution["error"] is None
+        bash = corral(env, "run-code", sid, "-l", "bash", input=b"echo $((6 * 7))")
+        assert text(bash) == "42\n"
+        listed = corral(env, "code-context", "list", sid)
+        assert context_id in text(listed) and "bash" in text(listed)
+        assert corral(env, "code-context", "remove", sid, context_id).returncode == 0
+        gone = corral(env, "run-code", sid, "--context", context_id, input=b"1")
+        assert gone.returncode == 1 and b"context_not_found" in gone.stderr
+        assert corral(env, "code-context", "restart", sid).returncode == 2  # which context?

@@ -16,7 +16,7 @@ import asyncio
 import base64
 import builtins
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from corral.agent import protocol as p
@@ -71,10 +71,17 @@ class _Connection:
             raise _unavailable(e) from None
 
     async def frame(self) -> tuple[bytes, bytes]:
+        frame = await self.frame_or_end()
+        if frame is None:
+            raise _unavailable("the agent closed the connection before answering")
+        return frame
+
+    async def frame_or_end(self) -> tuple[bytes, bytes] | None:
+        """The next frame, or None when the agent closed the connection at a frame boundary."""
         try:
             return await p.read_frame(self.reader)
         except p.ConnectionClosed:
-            raise _unavailable("the agent closed the connection before answering") from None
+            return None
         except p.ProtocolError as e:
             raise _unavailable(e) from None
         except (ConnectionError, OSError) as e:
@@ -364,6 +371,29 @@ class AgentClient:
                 yield event
         finally:
             conn.close()
+
+
+    # ------------------------------------------------------------------ code interpreter
+    async def code(self, request: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """Relay a request to the sandbox's code interpreter (``daemon/kernel_server``): its
+        answer lines. The first item raises the interpreter's error if there is one; closing
+        the stream early interrupts a running cell."""
+        conn = await self._open({"op": "code", "request": request})
+        try:
+            while (frame := await conn.frame_or_end()) is not None:
+                yield _json_answer(*frame)
+        finally:
+            conn.close()
+
+    async def code_call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A code-interpreter request with one answer (contexts: list, create, restart, remove)."""
+        stream = self.code(request)
+        try:
+            async for answer in stream:
+                return answer
+        finally:
+            await stream.aclose()
+        raise _unavailable("the code interpreter did not answer")
 
 
 async def _aiter_chunks(chunks: Chunks) -> AsyncIterator[bytes | bytearray | memoryview]:

@@ -80,6 +80,19 @@ class Backend:
     def handle_from_state(self, sandbox_id: str, state: dict[str, Any]) -> SandboxHandle:
         raise NotImplementedError
 
+    async def set_network(self, handle: SandboxHandle, internet: bool, allow: list[str], deny: list[str]) -> None:
+        """Egress: internet on or off; destinations (IPv4 addresses or CIDRs) always allowed, or refused
+        (counted, with their address and port). Applied to a running sandbox at once."""
+        raise NotImplementedError
+
+    async def network_stats(self, handle: SandboxHandle) -> dict[str, Any]:
+        """``{"blocked": packets, "blocked_destinations": [{address, port, packets}], "bytes_out", "bytes_in"}``."""
+        raise NotImplementedError
+
+    def address(self, handle: SandboxHandle) -> str:
+        """The IP address at which the host reaches servers listening inside the sandbox."""
+        raise NotImplementedError
+
     async def wait_exit(self, handle: SandboxHandle) -> None:
         """Return when the sandbox's init process has exited (for whatever reason)."""
         raise NotImplementedError

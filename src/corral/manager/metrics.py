@@ -12,3 +12,4 @@ CREATE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 COMMANDS = Counter("corral_commands_total", "Commands started")
+CODE_RUNS = Counter("corral_code_runs_total", "Code interpreter cells run")

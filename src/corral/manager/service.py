@@ -23,7 +23,7 @@ from typing import Any
 from .. import errors
 from ..agent.client import AgentClient
 from ..backends import Backend, Limits, SandboxHandle, SandboxSpec
-from ..schema import CreateSandbox, RunCommand
+from ..schema import CreateSandbox, RunCode, RunCommand, UpdateNetwork
 from ..settings import Settings
 from ..store import SandboxRecord, Store
 from ..templates.store import Resolved, TemplateStore, split_ref
@@ -74,8 +74,9 @@ class Manager:
         from ..backends import load_backend
 
         backend = load_backend(
-            settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet
-        )
+            settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet,
+            ca_bundle=settings.ca_bundle,
+        )  # fmt: skip
         return cls(settings, backend, Store(settings.db_path))
 
     # ----------------------------------------------------------------- lifecycle of the service
@@ -161,12 +162,14 @@ class Manager:
             id=sandbox_id, template=req.template, state=State.RUNNING, backend=self.backend.name,
             created_at=now, end_at=now + timeout, cpu_count=limits.cpu_count, memory_mb=limits.memory_mb,
             disk_mb=limits.disk_mb, internet=req.internet, metadata=dict(req.metadata), envs=dict(req.envs),
-            backend_state=handle.state, url_secret=secrets.token_hex(32),
+            backend_state=handle.state, url_secret=secrets.token_hex(32), public_ports=req.public_ports,
         )
         lv = self._adopt(rec, handle)
         lv.workdir = template.config.workdir
         try:
             await self.backend.configure(handle, limits, req.internet)
+            if req.allow_out or req.deny_out:
+                await self.backend.set_network(handle, req.internet, req.allow_out, req.deny_out)
             envs = {**template.config.env, **req.envs}
             if envs:
                 await lv.agent.configure(envs=envs, hostname=sandbox_id)
@@ -381,6 +384,89 @@ class Manager:
 
     # ----------------------------------------------------------------- signed file URLs
 
+    # ----------------------------------------------------------------- code interpreter
+
+    async def run_code(self, sandbox_id: str, req: RunCode) -> AsyncIterator[dict[str, Any]]:
+        """Run a cell in a Jupyter kernel: ``accepted`` (naming the context), then E2B's
+        execution events, last ``end_of_execution``. Unknown contexts and languages raise here."""
+        lv = self._running(sandbox_id)
+        metrics.CODE_RUNS.inc()
+        request = {
+            "op": "execute", "code": req.code, "language": req.language, "context_id": req.context_id,
+            "env_vars": req.envs, "timeout": req.timeout,
+        }  # fmt: skip
+        return _code_events(await _started(lv.agent.code(request)))
+
+    async def code_contexts(self, sandbox_id: str) -> dict[str, Any]:
+        answer = await self._running(sandbox_id).agent.code_call({"op": "contexts"})
+        return {"contexts": answer.get("contexts", []), "languages": answer.get("languages", [])}
+
+    async def create_code_context(self, sandbox_id: str, language: str | None, cwd: str | None) -> dict[str, Any]:
+        request = {"op": "create_context", "language": language, "cwd": cwd}
+        return dict((await self._running(sandbox_id).agent.code_call(request))["context"])
+
+    async def restart_code_context(self, sandbox_id: str, context_id: str) -> dict[str, Any]:
+        request = {"op": "restart_context", "id": context_id}
+        return dict((await self._running(sandbox_id).agent.code_call(request))["context"])
+
+    async def remove_code_context(self, sandbox_id: str, context_id: str) -> None:
+        await self._running(sandbox_id).agent.code_call({"op": "remove_context", "id": context_id})
+
+    # ----------------------------------------------------------------- network
+
+    async def network_info(self, sandbox_id: str) -> dict[str, Any]:
+        """The egress policy in force, what it refused, and the bytes in and out."""
+        lv = self._running(sandbox_id)
+        policy = lv.handle.state.get("policy") or {}
+        stats = await self.backend.network_stats(lv.handle)
+        return {"internet": lv.record.internet, "allow_out": policy.get("allow", []),
+                "deny_out": policy.get("deny", []), **stats}  # fmt: skip
+
+    async def update_network(self, sandbox_id: str, req: UpdateNetwork) -> dict[str, Any]:
+        """Change internet access and the allow/deny lists of a running sandbox, at once."""
+        lv = self._running(sandbox_id)
+        policy = lv.handle.state.get("policy") or {}
+        internet = lv.record.internet if req.internet is None else req.internet
+        allow = policy.get("allow", []) if req.allow_out is None else req.allow_out
+        deny = policy.get("deny", []) if req.deny_out is None else req.deny_out
+        await self.backend.set_network(lv.handle, internet, allow, deny)
+        lv.record.internet = internet
+        self.store.update(sandbox_id, internet=internet, backend_state=lv.handle.state)
+        self.store.add_event(sandbox_id, "network", internet=internet, allow_out=allow, deny_out=deny)
+        return await self.network_info(sandbox_id)
+
+    # ----------------------------------------------------------------- ports
+
+    def port_target(self, sandbox_id: str, port: int, token: str | None) -> tuple[str, int]:
+        """Where to reach ``port`` inside the sandbox, after checking its traffic token (when its
+        ports are not public). Raises SandboxNotFoundError for a sandbox that is not running."""
+        if not 1 <= port <= 65535:
+            raise errors.InvalidRequestError(f"port {port} is out of range")
+        lv = self.live.get(sandbox_id)
+        if lv is None or lv.ending:
+            raise errors.SandboxNotFoundError(f"sandbox {sandbox_id!r} is not running")
+        if not lv.record.public_ports:
+            expected = traffic_token(lv.record)
+            # SECURITY: constant-time comparison.
+            if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+                raise errors.AuthenticationError(
+                    f"sandbox {sandbox_id}'s ports are private: send its traffic token "
+                    "(X-Corral-Traffic-Token header or traffic_token query parameter)"
+                )
+        return self.backend.address(lv.handle), port
+
+    async def listening_ports(self, sandbox_id: str) -> builtins.list[int]:
+        """TCP ports something listens on inside the sandbox (from its /proc/net/tcp and tcp6)."""
+        lv = self._running(sandbox_id)
+        ports: set[int] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                data = b"".join([chunk async for chunk in await _started(lv.agent.read_file(table, "root"))])
+            except errors.FileNotFoundError_:
+                continue
+            ports |= _listening(data.decode("ascii", "replace"))
+        return sorted(ports)
+
     def sign_file_url(
         self, sandbox_id: str, path: str, user: str, operation: str, expires_in: int
     ) -> tuple[str, int, str]:
@@ -557,3 +643,40 @@ async def _started(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
                 await aclose()
 
     return rest()
+
+
+async def _code_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """A cell's events; a sandbox or interpreter that goes away mid-cell becomes an error event."""
+    ended = False
+    problem = "the code interpreter stopped before the cell finished"
+    try:
+        async for event in events:
+            ended = ended or event.get("type") == "end_of_execution"
+            yield event
+    except errors.CorralError as e:
+        problem = f"the cell did not finish: {e.message}"
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if not ended:
+        yield {"type": "error", "name": "SandboxError", "value": problem, "traceback": ""}
+        yield {"type": "end_of_execution"}
+
+
+def traffic_token(rec: SandboxRecord) -> str:
+    """The token a private sandbox's port URLs ask for (derived from its secret: nothing to store)."""
+    return hmac.new(bytes.fromhex(rec.url_secret), b"traffic", "sha256").hexdigest()[:40]
+
+
+TCP_LISTEN = "0A"
+
+
+def _listening(table: str) -> set[int]:
+    """Ports in LISTEN state in a /proc/net/tcp table (local address is hex ``ip:port``)."""
+    ports = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == TCP_LISTEN:
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

@@ -11,6 +11,7 @@ from corral.sdk._sync.pty import Pty, PtyHandle
 from corral.sdk._sync.sandbox import Sandbox
 from corral.sdk._sync.templates import Template
 from corral.sdk.config import ConnectionConfig
+from corral.sdk.execution import CodeContext, Execution, ExecutionError, Logs, OutputMessage, Result
 from corral.sdk.models import (
     BuildInfo,
     BuildResult,
@@ -18,6 +19,8 @@ from corral.sdk.models import (
     CommandTimeoutError,
     EntryInfo,
     FilesystemEvent,
+    NetworkInfo,
+    PortInfo,
     ProcessInfo,
     PtySize,
     SandboxInfo,
@@ -35,18 +38,26 @@ __all__ = [
     "AsyncWatchHandle",
     "BuildInfo",
     "BuildResult",
+    "CodeContext",
     "CommandHandle",
     "CommandResult",
     "CommandTimeoutError",
     "Commands",
     "ConnectionConfig",
     "EntryInfo",
+    "Execution",
+    "ExecutionError",
     "Filesystem",
     "FilesystemEvent",
+    "Logs",
+    "NetworkInfo",
+    "OutputMessage",
+    "PortInfo",
     "ProcessInfo",
     "Pty",
     "PtyHandle",
     "PtySize",
+    "Result",
     "Sandbox",
     "SandboxInfo",
     "Template",

@@ -49,6 +49,9 @@ class SandboxInfo:
     reason: str | None = None
     ended_at: datetime | None = None
     envd_url: str | None = None
+    public_ports: bool = True
+    traffic_token: str | None = None  # what the port URLs of a sandbox with private ports ask for
+    domain: str = "localhost"  # port URLs are <port>-<sandbox id>.<domain>
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SandboxInfo:
@@ -66,6 +69,9 @@ class SandboxInfo:
             reason=d.get("reason"),
             ended_at=_parse_time(d.get("ended_at")),
             envd_url=d.get("envd_url"),
+            public_ports=bool(d.get("public_ports", True)),
+            traffic_token=d.get("traffic_token"),
+            domain=d.get("domain") or "localhost",
         )
 
 
@@ -165,6 +171,40 @@ class PtySize:
 
     rows: int = 24
     cols: int = 80
+
+
+@dataclass
+class PortInfo:
+    """A TCP port something listens on inside the sandbox, and the URLs that reach it."""
+
+    port: int
+    url: str  # host-based: http://<port>-<id>.<domain>:<api port>/
+    path_url: str  # path-based: <api url>/v1/sandboxes/<id>/ports/<port>/
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PortInfo:
+        return cls(port=int(d["port"]), url=d["url"], path_url=d["path_url"])
+
+
+@dataclass
+class NetworkInfo:
+    """A sandbox's egress policy, what it refused (packets, and where they were going), and its traffic."""
+
+    internet: bool
+    allow_out: list[str]
+    deny_out: list[str]
+    blocked: int
+    blocked_destinations: list[dict[str, Any]]
+    bytes_out: int
+    bytes_in: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NetworkInfo:
+        return cls(
+            internet=bool(d["internet"]), allow_out=list(d["allow_out"]), deny_out=list(d["deny_out"]),
+            blocked=int(d["blocked"]), blocked_destinations=list(d["blocked_destinations"]),
+            bytes_out=int(d["bytes_out"]), bytes_in=int(d["bytes_in"]),
+        )  # fmt: skip
 
 
 @dataclass

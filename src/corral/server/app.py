@@ -17,9 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__, errors
 from ..manager import Manager
 from ..settings import Settings
+from . import fastpath, ports
 from .auth import check_key, is_open, load_or_create_key
 from .render import error_response, invalid_request
-from .routes import commands, files, pty, sandboxes, templates
+from .routes import code, commands, files, network, pty, sandboxes, templates
+from .routes import ports as port_routes
 
 log = logging.getLogger("corral.server")
 
@@ -29,15 +31,19 @@ WS_QUERY_KEY_PATH = re.compile(r"/v1/sandboxes/[^/]+/pty/ws")
 
 class Guard:
     """Pure ASGI middleware: the API key on every call but the open paths, a cap on JSON bodies,
-    and the fast path for running commands (see ``routes/commands.py``).
+    and the fast path for running commands and cells (see ``fastpath.py``).
 
     (Starlette's BaseHTTPMiddleware would copy every streamed response through a memory stream.)
     """
 
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app, self.api_key = app, api_key
+    def __init__(self, app: Any, api_key: str, domain: str = "localhost") -> None:
+        self.app, self.api_key, self.domain = app, api_key, domain
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and (target := ports.route(scope, self.domain)):
+            # A sandbox's port (by host name or path): its own authorization, never the API key.
+            state = scope["app"].state
+            return await state.port_proxy(state.manager, target, scope, receive, send)
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
@@ -54,9 +60,10 @@ class Guard:
                     raise errors.PayloadTooLargeError(f"request body over {MAX_JSON_BODY} bytes")
         except errors.CorralError as err:
             return await error_response(err)(scope, receive, send)
-        if scope["method"] == "POST" and (match := commands.RUN_PATH.fullmatch(scope["path"])):
+        if fast := fastpath.match(scope):
             manager: Manager = scope["app"].state.manager
-            return await commands.run_command_asgi(manager, match["sandbox_id"], scope, receive, send)
+            route, sandbox_id = fast
+            return await fastpath.serve(route, manager, sandbox_id, scope, receive, send)
         return await self.app(scope, receive, send)
 
     async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -89,16 +96,18 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         m = manager or Manager.from_settings(settings)
         app.state.manager = m
+        app.state.port_proxy = ports.PortProxy()
         await m.start()
         try:
             yield
         finally:
             await m.shutdown()
+            await app.state.port_proxy.close()
 
     app = FastAPI(title="corral", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
 
-    app.add_middleware(Guard, api_key=api_key)
+    app.add_middleware(Guard, api_key=api_key, domain=settings.domain)
 
     @app.exception_handler(errors.CorralError)
     async def corral_error(request: Request, err: errors.CorralError) -> JSONResponse:
@@ -135,6 +144,9 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app.include_router(commands.router)
     app.include_router(files.router)
     app.include_router(pty.router)
+    app.include_router(code.router)
+    app.include_router(port_routes.router)
+    app.include_router(network.router)
     app.include_router(templates.router)
     return app
 

@@ -1,4 +1,4 @@
-"""Rendering command event streams as NDJSON or Server-Sent Events, with keep-alives."""
+"""Rendering event streams (commands, code cells) as NDJSON or Server-Sent Events, with keep-alives."""
 
 from __future__ import annotations
 
@@ -60,13 +60,14 @@ async def decoded(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[s
         yield event
 
 
-async def ndjson(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[bytes, None]:
-    async for event in with_keepalives(decoded(events)):
+async def ndjson(events: AsyncIterator[dict[str, Any]], decode: bool = True) -> AsyncGenerator[bytes, None]:
+    """One JSON object a line; ``decode`` turns command output bytes into text first."""
+    async for event in with_keepalives(decoded(events) if decode else events):
         yield json.dumps(event, separators=(",", ":")).encode() + b"\n"
 
 
-async def sse(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[bytes, None]:
-    async for event in with_keepalives(decoded(events)):
+async def sse(events: AsyncIterator[dict[str, Any]], decode: bool = True) -> AsyncGenerator[bytes, None]:
+    async for event in with_keepalives(decoded(events) if decode else events):
         if event["type"] == "keepalive":
             yield b": keepalive\n\n"
         else:

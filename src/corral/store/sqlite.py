@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     disk_mb INTEGER NOT NULL,
     internet INTEGER NOT NULL,
     backend_state TEXT NOT NULL DEFAULT '{}',
-    url_secret TEXT NOT NULL DEFAULT ''
+    url_secret TEXT NOT NULL DEFAULT '',
+    public_ports INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS sandboxes_state ON sandboxes(state);
 CREATE TABLE IF NOT EXISTS events (
@@ -63,13 +64,14 @@ class SandboxRecord:
     ended_at: float | None = None
     reason: str | None = None
     backend_state: dict[str, Any] = field(default_factory=dict)
-    url_secret: str = ""  # hex key that signs this sandbox's file URLs
+    url_secret: str = ""  # hex key that signs this sandbox's file URLs (and derives its traffic token)
+    public_ports: bool = True  # its ports are reachable without the traffic token
 
 
 _COLUMNS = (
     "id", "template", "state", "backend", "created_at", "end_at", "ended_at", "reason",
     "metadata", "envs", "cpu_count", "memory_mb", "disk_mb", "internet", "backend_state",
-    "url_secret",
+    "url_secret", "public_ports",
 )
 _JSON = {"metadata", "envs", "backend_state"}
 
@@ -89,6 +91,8 @@ class Store:
         have = {row[1] for row in self._db.execute("PRAGMA table_info(sandboxes)")}
         if "url_secret" not in have:
             self._db.execute("ALTER TABLE sandboxes ADD COLUMN url_secret TEXT NOT NULL DEFAULT ''")
+        if "public_ports" not in have:
+            self._db.execute("ALTER TABLE sandboxes ADD COLUMN public_ports INTEGER NOT NULL DEFAULT 1")
 
     def close(self) -> None:
         with self._lock:
@@ -99,6 +103,7 @@ class Store:
         for key in _JSON:
             values[key] = json.loads(values[key])
         values["internet"] = bool(values["internet"])
+        values["public_ports"] = bool(values["public_ports"])
         return SandboxRecord(**values)
 
     def insert(self, rec: SandboxRecord) -> None:

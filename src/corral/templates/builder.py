@@ -36,6 +36,10 @@ DPKG_OPTS = (
     "path-exclude=/usr/share/info/*",
 )
 
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+BUILD_CA_BUNDLE = "/etc/corral-build-ca.crt"  # inside the new root, during customize steps only
+CA_VARIABLES = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
+
 
 def template_path(templates_dir: Path, name: str) -> Path:
     """The root filesystem of a built template, or TemplateNotFoundError."""
@@ -126,8 +130,17 @@ def _mmdebstrap(recipe: Recipe, rootfs: Path, say: Progress) -> None:
     for path, content in recipe.files.items():
         # printf with %s keeps the content literal; the path is ours (recipes are code, not input).
         hooks.append(f"--customize-hook=mkdir -p \"$1{os.path.dirname(path)}\" && printf '%s' {_sh_quote(content)} > \"$1{path}\"")
+    # Build steps download with the host's trust store (a proxy that re-signs TLS, as in many
+    # companies, is trusted by the host, not by the new root) and a clean environment.
+    env = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME=/root", "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive"]  # fmt: skip
+    if recipe.customize and Path(HOST_CA_BUNDLE).is_file():
+        hooks.append(f"--customize-hook=cp {HOST_CA_BUNDLE} \"$1{BUILD_CA_BUNDLE}\"")
+        env += [f"{var}={BUILD_CA_BUNDLE}" for var in CA_VARIABLES]
     for cmd in recipe.customize:
-        hooks.append(f"--customize-hook=chroot \"$1\" sh -c {_sh_quote(cmd)}")
+        hooks.append(f"--customize-hook=chroot \"$1\" {' '.join(env)} sh -c {_sh_quote(cmd)}")
+    if recipe.customize:
+        hooks.append(f"--customize-hook=rm -f \"$1{BUILD_CA_BUNDLE}\"")
     argv = [
         "mmdebstrap",
         f"--variant={recipe.variant}",

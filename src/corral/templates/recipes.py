@@ -50,4 +50,30 @@ BASE = Recipe(
     },
 )
 
-RECIPES: dict[str, Recipe] = {"base": BASE}
+# The code interpreter: base plus Jupyter kernels for Python, JavaScript/TypeScript (tslab),
+# Bash (bash_kernel) and R (IRkernel, from Debian), and the usual data-science libraries. The
+# marker file tells the agent to start corral's interpreter server (agent/daemon/interpreter.py)
+# in the background when the sandbox starts, so the default Python kernel is warm.
+PYTHON_LIBRARIES = (
+    "ipykernel", "jupyter_client", "numpy", "pandas", "matplotlib", "scipy", "scikit-learn",
+    "seaborn", "plotly", "openpyxl", "requests", "beautifulsoup4", "bash_kernel",
+)
+CODE_INTERPRETER = Recipe(
+    name="code-interpreter",
+    packages=(*BASE.packages, "r-base-core", "r-cran-irkernel"),
+    customize=(
+        *BASE.customize,
+        "pip install --no-cache-dir --quiet " + " ".join(PYTHON_LIBRARIES),
+        "python3 -m ipykernel install --prefix /usr/local --name python3 --display-name Python",
+        "python3 -m bash_kernel.install --prefix /usr/local",
+        "npm install --global --no-audit --no-fund --loglevel=error tslab && tslab install --prefix /usr/local",
+        "R --quiet --no-echo -e 'IRkernel::installspec(user = FALSE, name = \"ir\", displayname = \"R\")'",
+        # Charts come back as PNG without show() (ipykernel's inline backend); no font cache
+        # build on the first plot of every sandbox.
+        "su user -c 'python3 -c \"import matplotlib.pyplot\"'",
+        "npm cache clean --force >/dev/null 2>&1; rm -rf /root/.cache /tmp/*",
+    ),
+    files={**BASE.files, "/etc/corral/code-interpreter": "python javascript typescript bash r\n"},
+)
+
+RECIPES: dict[str, Recipe] = {"base": BASE, "code-interpreter": CODE_INTERPRETER}

@@ -11,12 +11,13 @@ import os
 import sys
 
 if __package__:  # the package's __main__ (the prelude's bundle, or python3 -m)
-    from . import server, wire
+    from . import interpreter, server, wire
 else:  # python3 <this directory>: sys.path[0] is the directory; import it as a package instead
     _dir = os.path.dirname(os.path.abspath(__file__))
     sys.path[0] = os.path.dirname(_dir)
     __import__(os.path.basename(_dir) + ".server")
     server = sys.modules[os.path.basename(_dir) + ".server"]
+    interpreter = sys.modules[os.path.basename(_dir) + ".interpreter"]
     wire = sys.modules[os.path.basename(_dir) + ".wire"]
 
 
@@ -67,6 +68,7 @@ def main(argv=None):
         except OSError:
             pass
     wire.log(f"agent {wire.VERSION} listening on {opts['socket']} (pid {os.getpid()})")
+    interpreter.start_in_background()  # templates with Jupyter kernels: warm the default one
     server.serve(sock)
 
 

@@ -13,6 +13,10 @@ ENDED_KEEP = 60.0  # seconds an ended process is remembered for connect
 ENDED_OUTPUT_BUDGET = 16 << 20  # output kept in total for ended processes
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Tools with a CA bundle of their own (requests' certifi, node) use the system's, which the
+# backend fills with the host's certificates: a TLS-inspecting proxy the host trusts works inside.
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+CA_ENV = {var: CA_BUNDLE for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")}
 
 # Sandbox-wide state set by "configure".
 CONFIG: dict = {"envs": {}, "hostname": None}
@@ -107,6 +111,8 @@ def op_exec(conn, req):
     }
     if size is not None:
         env.update(TERM="xterm-256color", LANG="C.UTF-8")
+    if os.path.exists(CA_BUNDLE):
+        env.update(CA_ENV)
     env.update(CONFIG["envs"])
     env.update(envs)
 

@@ -6,7 +6,7 @@ import _thread
 import os
 import time
 
-from . import files, processes
+from . import files, interpreter, processes
 from .users import _libc
 from .watch import op_watch
 from .wire import (
@@ -46,6 +46,7 @@ OPS = {
     "remove": files.op_remove,
     "rename": files.op_rename,
     "watch": op_watch,
+    "code": interpreter.op_code,
 }
 
 

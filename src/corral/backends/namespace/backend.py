@@ -37,6 +37,7 @@ log = logging.getLogger("corral.backends.namespace")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 READY_TIMEOUT = 10.0
 STATE_FILE = "state.json"
+CA_BUNDLE_INSIDE = bwrap.CA_BUNDLE_INSIDE.lstrip("/")
 AGENT_SOCKET = "agent.sock"  # <run>/<id>/agent.sock: a bind of the agent's socket, pinned at start
 
 
@@ -68,11 +69,13 @@ class NamespaceBackend(Backend):
         data_dir: Path = Path("/var/lib/corral"),
         agent_path: Path | None = None,
         subnet: str = "10.213.0.0/16",
+        ca_bundle: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.data_dir = Path(data_dir)
         self.agent_path = Path(agent_path) if agent_path else _default_agent_path()
         self.subnet = subnet
+        self.ca_bundle = Path(ca_bundle) if ca_bundle and Path(ca_bundle).is_file() else None
         self.pool = network.IpPool(subnet)
         self._userns = SharedUserNamespace()
         self._seccomp: bytes = b""  # the BPF program, built once
@@ -186,6 +189,7 @@ class NamespaceBackend(Backend):
         cfg = bwrap.BwrapConfig(
             sandbox_id=sid, root=sdir / "root", agent_dir=sdir / "disk" / "run", agent_path=self.agent_path,
             resolv_conf=sdir / "resolv.conf", hosts=sdir / "hosts",
+            ca_bundle=self.ca_bundle if self.ca_bundle and (Path(spec.template_dir) / CA_BUNDLE_INSIDE).is_file() else None,
         )  # fmt: skip
         userns_fd = self._userns.fd()
         code = self._compiled_agent()
@@ -290,6 +294,9 @@ class NamespaceBackend(Backend):
 
     # ---- running sandboxes ---------------------------------------------------------------
 
+    def address(self, handle: SandboxHandle) -> str:
+        return str(handle.state["ip"])  # the sandbox end of its veth pair
+
     async def configure(self, handle: SandboxHandle, limits: Limits, internet: bool) -> None:
         _check_limits(limits)
         st = handle.state
@@ -310,6 +317,26 @@ class NamespaceBackend(Backend):
         st["limits"], st["internet"] = _limits_dict(limits), internet
         with contextlib.suppress(OSError):
             self._save_state(handle)
+
+    async def set_network(self, handle: SandboxHandle, internet: bool, allow: list[str], deny: list[str]) -> None:
+        st = handle.state
+        policy = bool(allow or deny)
+        if policy:
+            await network.set_policy(st["veth"], allow, deny, internet)
+        # With rules, the sandbox's own chain decides (see network.set_policy).
+        await network.set_internet(st["veth"], internet or policy)
+        if not policy and st.get("policy"):
+            await network.remove_policy(st["veth"])
+        st["internet"] = internet
+        st["policy"] = {"allow": allow, "deny": deny} if allow or deny else None
+        with contextlib.suppress(OSError):
+            self._save_state(handle)
+
+    async def network_stats(self, handle: SandboxHandle) -> dict[str, Any]:
+        veth = handle.state["veth"]
+        blocked, destinations = await network.policy_stats(veth) if handle.state.get("policy") else (0, [])
+        out, into = network.traffic_bytes(veth)
+        return {"blocked": blocked, "blocked_destinations": destinations, "bytes_out": out, "bytes_in": into}
 
     async def is_alive(self, handle: SandboxHandle) -> bool:
         pid, start = handle.state.get("pid"), handle.state.get("start_time")
@@ -391,7 +418,7 @@ class NamespaceBackend(Backend):
         await step("stop", lambda: self.stop(handle))
         # Network teardown takes ~35 ms of ip/nft: run it while unmounting.
         veth = st.get("veth") or network.veth_name(sid)
-        net = asyncio.ensure_future(step("network", lambda: _teardown_network(sid, veth)))
+        net = asyncio.ensure_future(step("network", lambda: _teardown_network(sid, veth, bool(st.get("policy")))))
         await step("unmount", lambda: _unmount_all(sdir))
         version = int(st.get("cgroup_version") or self._cg_version or cgroups.detect_version() or 1)
         await step("cgroups", lambda: cgroups.SandboxCgroup(version, sid).remove())
@@ -496,8 +523,10 @@ def _iterdir(path: Path) -> list[Path]:
         return []
 
 
-async def _teardown_network(sid: str, veth: str) -> None:
-    await asyncio.gather(network.set_internet(veth, False), network.destroy(sid, veth))
+async def _teardown_network(sid: str, veth: str, policy: bool) -> None:
+    await asyncio.gather(
+        network.set_internet(veth, False), network.destroy(sid, veth), *([network.remove_policy(veth)] if policy else [])
+    )
 
 
 def _unmount_all(sdir: Path) -> None:

@@ -23,6 +23,7 @@ CAPS = (
     "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", "CAP_SETFCAP",
 )  # fmt: skip
 
+CA_BUNDLE_INSIDE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's system bundle
 AGENT_PATH_INSIDE = "/usr/local/lib/corral/agent"  # the agent package's directory (or one file)
 RUN_DIR_INSIDE = "/run/corral"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -125,6 +126,7 @@ class BwrapConfig:
     agent_path: Path  # host agent package directory (or one script)
     resolv_conf: Path
     hosts: Path
+    ca_bundle: Path | None = None  # the host's CA certificates, bound over the template's
 
 
 def argv(cfg: BwrapConfig, userns_fd: int, seccomp_fd: int, ready_fd: int, code_fd: int = -1) -> list[str]:
@@ -139,6 +141,7 @@ def argv(cfg: BwrapConfig, userns_fd: int, seccomp_fd: int, ready_fd: int, code_
         "--ro-bind", str(cfg.agent_path), AGENT_PATH_INSIDE,
         "--ro-bind", str(cfg.resolv_conf), "/etc/resolv.conf",
         "--ro-bind", str(cfg.hosts), "/etc/hosts",
+        *(["--ro-bind", str(cfg.ca_bundle), CA_BUNDLE_INSIDE] if cfg.ca_bundle else []),
         "--hostname", cfg.sandbox_id,
         # SECURITY: own pid, ipc, uts and cgroup namespaces (the netns is joined before exec).
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",

@@ -173,9 +173,14 @@ def ruleset(subnet: str, no_router: bool) -> str:
     lines = [
         f"add table inet {TABLE}",
         f"add set inet {TABLE} internet_on {{ type ifname; }}",
+        f"add map inet {TABLE} policies {{ type ifname : verdict; }}",
         f"add chain inet {TABLE} input {{ type filter hook input priority -10; policy accept; }}",
         f"add chain inet {TABLE} forward {{ type filter hook forward priority -10; policy accept; }}",
         f"add chain inet {TABLE} postrouting {{ type nat hook postrouting priority 100; policy accept; }}",
+        # Before forward: a sandbox with egress rules jumps to its own chain (see set_policy).
+        f"add chain inet {TABLE} egress {{ type filter hook forward priority -20; policy accept; }}",
+        f"flush chain inet {TABLE} egress",
+        f"add rule inet {TABLE} egress iifname {v} iifname vmap @policies",
         f"flush chain inet {TABLE} input",
         f"flush chain inet {TABLE} forward",
         f"flush chain inet {TABLE} postrouting",
@@ -221,6 +226,90 @@ async def set_internet(veth: str, on: bool) -> None:
     if not on:
         script += f'delete element inet {TABLE} internet_on {{ "{veth}" }}\n'
     await run(["nft", "-f", "-"], input=script)
+
+
+# ---- egress rules --------------------------------------------------------------------------
+#
+# A sandbox with allow/deny lists gets a chain p_<veth>, jumped to through the `policies` verdict
+# map from the `egress` chain (which runs before `forward`), a dynamic set b_<veth> of the
+# destinations it was refused (address and port) and a named counter n_<veth> of refused packets.
+# Its veth is then in internet_on whatever its internet flag, and p_<veth> does the filtering:
+# allowed destinations pass (to `forward`, whose SECURITY rules still apply), denied ones, and with
+# internet off everything else, are counted and dropped.
+
+
+def _policy_names(veth: str) -> tuple[str, str, str]:
+    return f"p_{veth}", f"b_{veth}", f"n_{veth}"
+
+
+async def set_policy(veth: str, allow: Iterable[str], deny: Iterable[str], internet: bool) -> None:
+    chain, blocked, count = _policy_names(veth)
+    allow, deny = list(allow), list(deny)
+    # Two rules: remembering the destination fails (and so ends its rule) once the set holds it.
+    def refuse(match: str) -> list[str]:
+        return [
+            f"add rule inet {TABLE} {chain} {match} update @{blocked} {{ ip daddr . th dport }}",
+            f'add rule inet {TABLE} {chain} {match} counter name "{count}" drop',
+        ]
+
+    script = [
+        f"add chain inet {TABLE} {chain}",
+        f"flush chain inet {TABLE} {chain}",
+        f"add set inet {TABLE} {blocked} {{ type ipv4_addr . inet_service; flags dynamic; counter; size 1024; }}",
+        f"add counter inet {TABLE} {count}",
+    ]
+    if allow:
+        script.append(f"add rule inet {TABLE} {chain} ip daddr {{ {', '.join(allow)} }} accept")
+    if deny:
+        script += refuse(f"ip daddr {{ {', '.join(deny)} }}")
+    if not internet:
+        script += refuse("meta nfproto ipv4")
+    script.append(f'add element inet {TABLE} policies {{ "{veth}" : jump {chain} }}')
+    await run(["nft", "-f", "-"], input="\n".join(script) + "\n")
+
+
+async def remove_policy(veth: str) -> None:
+    """Drop the sandbox's rules, set and counter (missing pieces are fine)."""
+    chain, blocked, count = _policy_names(veth)
+    # One object per transaction: a missing one must not keep the others.
+    for cmd in (
+        f'delete element inet {TABLE} policies {{ "{veth}" }}',
+        f"delete chain inet {TABLE} {chain}",
+        f"delete set inet {TABLE} {blocked}",
+        f"delete counter inet {TABLE} {count}",
+    ):
+        await run(["nft", cmd], check=False)
+
+
+async def policy_stats(veth: str) -> tuple[int, list[dict[str, int | str]]]:
+    """(refused packets, the refused destinations: address, port, packets)."""
+    import json
+
+    _, blocked, count = _policy_names(veth)
+    out = await run(["nft", "-j", "list", "counter", "inet", TABLE, count], check=False)
+    total = 0
+    for item in json.loads(out or "{}").get("nftables", []):
+        if "counter" in item:
+            total = int(item["counter"].get("packets", 0))
+    out = await run(["nft", "-j", "list", "set", "inet", TABLE, blocked], check=False)
+    destinations: list[dict[str, int | str]] = []
+    for item in json.loads(out or "{}").get("nftables", []):
+        for elem in (item.get("set") or {}).get("elem", []):
+            value = elem.get("elem", {}) if isinstance(elem, dict) else {}
+            concat = (value.get("val") or {}).get("concat") or []
+            if len(concat) == 2:
+                destinations.append({"address": str(concat[0]), "port": int(concat[1]),
+                                     "packets": int((value.get("counter") or {}).get("packets", 0))})  # fmt: skip
+    return total, destinations
+
+
+def traffic_bytes(veth: str) -> tuple[int, int]:
+    """(bytes out of the sandbox, bytes into it), from its host-side veth's counters."""
+    stats = Path(f"/sys/class/net/{veth}/statistics")
+    try:
+        return int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text())
+    except (OSError, ValueError):
+        return 0, 0
 
 
 # ---- netns + veth --------------------------------------------------------------------------

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import builtins
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from corral.errors import SandboxNotFoundError, SandboxNotRunningError
 from corral.sdk._sync.client import ApiClient
+from corral.sdk._sync.code import CodeInterpreter, Handler
 from corral.sdk._sync.commands import Commands
 from corral.sdk._sync.files import Filesystem
 from corral.sdk._sync.pty import Pty
 from corral.sdk.config import ConnectionConfig
-from corral.sdk.models import SandboxInfo
+from corral.sdk.execution import CodeContext, Execution
+from corral.sdk.models import NetworkInfo, PortInfo, SandboxInfo
 
 
 class Sandbox:
@@ -28,6 +31,7 @@ class Sandbox:
         self.commands = Commands(api, info.sandbox_id)
         self.files = Filesystem(api, info.sandbox_id)
         self.pty = Pty(api, info.sandbox_id)
+        self._code = CodeInterpreter(api, info.sandbox_id)
 
     @property
     def sandbox_id(self) -> str:
@@ -55,6 +59,9 @@ class Sandbox:
         memory_mb: int | None = None,
         disk_mb: int | None = None,
         internet: bool = True,
+        public_ports: bool = True,
+        allow_out: builtins.list[str] | None = None,
+        deny_out: builtins.list[str] | None = None,
         *,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -68,6 +75,9 @@ class Sandbox:
             "metadata": metadata or {},
             "envs": envs or {},
             "internet": internet,
+            "public_ports": public_ports,
+            "allow_out": allow_out or [],
+            "deny_out": deny_out or [],
         }
         for key, value in (("cpu_count", cpu_count), ("memory_mb", memory_mb), ("disk_mb", disk_mb)):
             if value is not None:
@@ -154,6 +164,87 @@ class Sandbox:
         except SandboxNotFoundError:
             return False
         return info.state == "running"
+
+    # ------------------------------------------------------------------ network
+    def get_network(self) -> NetworkInfo:
+        """The egress policy in force, the attempts it refused, and the bytes in and out."""
+        return NetworkInfo.from_dict(self._api.request("GET", f"{self._path}/network"))
+
+    def update_network(
+        self,
+        internet: bool | None = None,
+        allow_out: builtins.list[str] | None = None,
+        deny_out: builtins.list[str] | None = None,
+    ) -> NetworkInfo:
+        """Change internet access and the allow/deny lists (IPv4 addresses or CIDRs; allow wins)
+        at once; what is left out stays as it is."""
+        body: dict[str, Any] = {"internet": internet, "allow_out": allow_out, "deny_out": deny_out}
+        data = self._api.request(
+            "PATCH", f"{self._path}/network", json={k: v for k, v in body.items() if v is not None}
+        )
+        return NetworkInfo.from_dict(data)
+
+    # ------------------------------------------------------------------ ports
+    def get_host(self, port: int) -> str:
+        """``<port>-<id>.<domain>[:<api port>]``: where a server listening on ``port`` inside is
+        reached (HTTP and WebSocket). With the default domain ``localhost`` browsers resolve it
+        to this machine; other clients send it as the Host header."""
+        api = urlsplit(self._api.config.api_url)
+        return f"{port}-{self.sandbox_id}.{self._info.domain}" + (f":{api.port}" if api.port else "")
+
+    def get_url(self, port: int, path: str = "/", path_based: bool = False) -> str:
+        """A URL of ``path`` on ``port`` inside: host-based (``get_host``), or under the API's own
+        address (``/v1/sandboxes/<id>/ports/<port>/``) for clients that cannot resolve the host
+        name. Carries the traffic token when the sandbox's ports are private."""
+        api = urlsplit(self._api.config.api_url)
+        if path_based:
+            url = f"{self._api.config.api_url.rstrip('/')}/v1/sandboxes/{self.sandbox_id}/ports/{port}/{path.lstrip('/')}"
+        else:
+            url = f"{api.scheme}://{self.get_host(port)}/{path.lstrip('/')}"
+        if self._info.traffic_token:
+            url += ("&" if "?" in url else "?") + urlencode({"traffic_token": self._info.traffic_token})
+        return url
+
+    def list_ports(self) -> builtins.list[PortInfo]:
+        """The TCP ports something listens on inside the sandbox, with their URLs."""
+        data = self._api.request("GET", f"{self._path}/ports")
+        return [PortInfo.from_dict(p) for p in data["ports"]]
+
+    # ------------------------------------------------------------------ code interpreter
+    def run_code(
+        self,
+        code: str,
+        language: str | None = None,
+        context: CodeContext | str | None = None,
+        envs: dict[str, str] | None = None,
+        timeout: float | None = None,
+        on_stdout: Handler | None = None,
+        on_stderr: Handler | None = None,
+        on_result: Handler | None = None,
+        on_error: Handler | None = None,
+    ) -> Execution:
+        """Run a cell in a Jupyter kernel (template ``code-interpreter``); state persists per context.
+
+        Languages: python (default), javascript, typescript, bash, r. Outputs stream to the
+        callbacks; the Execution holds ``results`` (rich outputs; the cell's value is the main
+        result), ``logs``, ``error`` and ``execution_count``.
+        """
+        return self._code.run_code(
+            code, language=language, context=context, envs=envs, timeout=timeout,
+            on_stdout=on_stdout, on_stderr=on_stderr, on_result=on_result, on_error=on_error,
+        )  # fmt: skip
+
+    def create_code_context(self, language: str | None = None, cwd: str | None = None) -> CodeContext:
+        return self._code.create_context(language=language, cwd=cwd)
+
+    def list_code_contexts(self) -> builtins.list[CodeContext]:
+        return self._code.list_contexts()
+
+    def restart_code_context(self, context: CodeContext | str) -> None:
+        self._code.restart_context(context)
+
+    def remove_code_context(self, context: CodeContext | str) -> None:
+        self._code.remove_context(context)
 
     def close(self) -> None:
         """Close the HTTP connections (the sandbox keeps running)."""
