@@ -319,3 +319,17 @@ def test_a_server_killed_during_a_build_cleans_up_at_its_next_start(tmp_path: Pa
     finally:
         server.stop()
         server.remove_dirs()
+
+
+def test_from_code_interpreter_keeps_its_kernels(api: dict[str, str], name: str, tmp_path: Path) -> None:
+    if not any(t.name == "code-interpreter" for t in Template.list(**api)):
+        pytest.skip("the code-interpreter template is not built here (make template builds it)")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM code-interpreter\n"
+        "RUN d=/usr/local/lib/python3.11/dist-packages && mkdir -p $d && echo 'VALUE = 42' > $d/corral_layer_mod.py\n"
+        "ENV FROM_TEMPLATE=yes\n"
+    )
+    Template.build(name=name, context_dir=tmp_path, **api)
+    with Sandbox.create(template=name, **api) as sbx:  # the kernel sees the layer's files and the ENV
+        assert sbx.run_code("import corral_layer_mod\ncorral_layer_mod.VALUE * 2").text == "84"
+        assert sbx.run_code("import os\nos.environ['FROM_TEMPLATE']").text == "'yes'"
