@@ -333,3 +333,13 @@ def test_from_code_interpreter_keeps_its_kernels(api: dict[str, str], name: str,
     with Sandbox.create(template=name, **api) as sbx:  # the kernel sees the layer's files and the ENV
         assert sbx.run_code("import corral_layer_mod\ncorral_layer_mod.VALUE * 2").text == "84"
         assert sbx.run_code("import os\nos.environ['FROM_TEMPLATE']").text == "'yes'"
+
+
+@pytest.mark.network
+def test_builder_installs_debian_and_pypi_packages(api: dict[str, str], name: str) -> None:
+    tpl = Template().from_template("base").apt_install(["jq"]).pip_install(["six==1.16.0"])
+    assert "apt-get install" in tpl.to_dockerfile() and "pip install --no-cache-dir six==1.16.0" in tpl.to_dockerfile()
+    Template.build(tpl, name=name, **api)
+    with Sandbox.create(template=name, **api) as sbx:
+        r = sbx.commands.run("echo '{\"a\": 7}' | jq .a; python3 -c 'import six; print(six.__version__)'")
+        assert r.stdout.split() == ["7", "1.16.0"]
