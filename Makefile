@@ -4,10 +4,10 @@ PY ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= /var/lib/corral
-APT_PACKAGES := bubblewrap mmdebstrap nftables iproute2 python3-venv python3-pip python3-seccomp uidmap ca-certificates
+APT_PACKAGES := bubblewrap mmdebstrap nftables iproute2 python3-venv python3-pip python3-seccomp uidmap ca-certificates skopeo umoci docker-registry
 PYTEST_ARGS ?=
 
-.PHONY: setup apt venv template serve test bench lint spec clean-test
+.PHONY: setup apt venv template serve test bench bench-templates lint spec clean-test
 
 setup: apt venv template
 
@@ -41,6 +41,10 @@ test: setup
 
 bench: setup
 	CORRAL_TEMPLATES_DIR=$(DATA_DIR)/templates $(BIN)/python -m bench
+
+# Template builds and starts (issue 4): builds a 1 GiB template once (kept; BENCH_KEEP=0 deletes it).
+bench-templates: setup
+	CORRAL_TEMPLATES_DIR=$(DATA_DIR)/templates $(BIN)/python -m bench.templates
 
 lint: venv
 	$(BIN)/ruff check src tests bench scripts
