@@ -4,7 +4,7 @@ PY ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= /var/lib/corral
-APT_PACKAGES := bubblewrap mmdebstrap nftables iproute2 python3-venv python3-pip python3-seccomp uidmap ca-certificates
+APT_PACKAGES := bubblewrap mmdebstrap nftables iproute2 python3-venv python3-pip python3-seccomp uidmap ca-certificates skopeo umoci docker-registry
 PYTEST_ARGS ?=
 # The older e2b Python SDK the compat tests also drive (E2B_SANDBOX_URL exists since 2.7; this one
 # still creates with POST /sandboxes and speaks Connect through its vendored client).
@@ -12,7 +12,7 @@ E2B_OLD_VERSION := 2.20.0
 E2B_OLD_VENV := .venv-e2b-old
 JS_COMPAT := tests/compat/js
 
-.PHONY: setup apt node venv e2b-sdks template serve test bench lint spec clean-test
+.PHONY: setup apt node venv e2b-sdks template serve test bench bench-templates lint spec clean-test
 
 setup: apt venv template
 
@@ -62,6 +62,10 @@ test: setup e2b-sdks
 
 bench: setup
 	CORRAL_TEMPLATES_DIR=$(DATA_DIR)/templates $(BIN)/python -m bench
+
+# Template builds and starts (issue 4): builds a 1 GiB template once (kept; BENCH_KEEP=0 deletes it).
+bench-templates: setup
+	CORRAL_TEMPLATES_DIR=$(DATA_DIR)/templates $(BIN)/python -m bench.templates
 
 lint: venv
 	$(BIN)/ruff check src tests bench scripts

@@ -14,7 +14,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 def test_readme_has_examples() -> None:
-    assert len(BLOCKS) >= 2
+    assert len(BLOCKS) >= 3
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
@@ -35,5 +35,7 @@ def test_readme_example_runs(index: int, corral_env: ServerProcess, tmp_path: Pa
         assert "/ports/8000/" in out and "8000-" in out
     elif "run_code" in block:
         assert out.splitlines()[:2] == ["6", "ZeroDivisionError division by zero"] and "hi js" in out
+    elif "Template" in block:  # built, then a sandbox whose start command serves HTTP once create returns
+        assert "Directory listing" in out
     else:
         pytest.fail(f"README example {index + 1} has no check in this test")

@@ -8,17 +8,23 @@ status; the SDK maps the body back to the same class with :func:`error_from_body
     ├── AuthenticationError          401 unauthorized
     ├── InvalidRequestError          400 invalid_request
     │   ├── PayloadTooLargeError     413 payload_too_large
-    │   └── NotSupportedError        400 not_supported      (e.g. run_code on a template without kernels)
+    │   ├── NotSupportedError        400 not_supported      (e.g. run_code on a template without kernels)
+    │   ├── DockerfileError          400 dockerfile_invalid     (details: line)
+    │   ├── UnsupportedInstructionError 400 unsupported_instruction (details: instruction, line)
+    │   └── BuildContextError        400 build_context_invalid  (COPY outside the context, ...)
     ├── NotFoundError                404 not_found
     │   ├── SandboxNotFoundError     404 sandbox_not_found
     │   ├── TemplateNotFoundError    404 template_not_found
     │   ├── FileNotFoundError_       404 file_not_found     (exported as corral.FileNotFoundError)
     │   ├── ProcessNotFoundError     404 process_not_found
     │   ├── ContextNotFoundError     404 context_not_found
-    │   └── SecretNotFoundError      404 secret_not_found
+    │   ├── SecretNotFoundError      404 secret_not_found
+    │   ├── ImageNotFoundError       404 image_not_found    (FROM an OCI image the registry lacks)
+    │   └── BuildNotFoundError       404 build_not_found
     ├── ConflictError                409 conflict
     │   ├── SandboxNotRunningError   409 sandbox_not_running
-    │   └── FileExistsError_         409 file_exists
+    │   ├── FileExistsError_         409 file_exists
+    │   └── TemplateInUseError       409 template_in_use
     ├── PermissionDeniedError        403 permission_denied
     ├── NotADirectoryError_          400 not_a_directory
     ├── IsADirectoryError_           400 is_a_directory
@@ -26,6 +32,8 @@ status; the SDK maps the body back to the same class with :func:`error_from_body
     ├── SandboxFailedError           500 sandbox_failed
     ├── KernelFailedError            500 kernel_failed      (a code context's kernel did not start)
     ├── PortClosedError              502 port_closed        (nothing listens on a sandbox port)
+    ├── BuildFailedError             422 build_failed       (a RUN step failed; details: step)
+    ├── RegistryError                502 registry_error     (unreachable registry, failed pull)
     ├── UnavailableError             503 unavailable
     ├── TimeoutError_                504 timeout            (a command ran past its timeout)
     └── CommandExitError             --  command_exit       (SDK only: non-zero exit code)
@@ -70,6 +78,18 @@ class NotSupportedError(InvalidRequestError):
     code = "not_supported"
 
 
+class DockerfileError(InvalidRequestError):
+    code = "dockerfile_invalid"
+
+
+class UnsupportedInstructionError(InvalidRequestError):
+    code = "unsupported_instruction"
+
+
+class BuildContextError(InvalidRequestError):
+    code = "build_context_invalid"
+
+
 class NotFoundError(CorralError):
     code, status = "not_found", 404
 
@@ -98,6 +118,14 @@ class SecretNotFoundError(NotFoundError):
     code = "secret_not_found"
 
 
+class ImageNotFoundError(NotFoundError):
+    code = "image_not_found"
+
+
+class BuildNotFoundError(NotFoundError):
+    code = "build_not_found"
+
+
 class ConflictError(CorralError):
     code, status = "conflict", 409
 
@@ -108,6 +136,10 @@ class SandboxNotRunningError(ConflictError):
 
 class FileExistsError_(ConflictError):
     code = "file_exists"
+
+
+class TemplateInUseError(ConflictError):
+    code = "template_in_use"
 
 
 class PermissionDeniedError(CorralError):
@@ -136,6 +168,14 @@ class KernelFailedError(CorralError):
 
 class PortClosedError(CorralError):
     code, status = "port_closed", 502
+
+
+class BuildFailedError(CorralError):
+    code, status = "build_failed", 422
+
+
+class RegistryError(CorralError):
+    code, status = "registry_error", 502
 
 
 class UnavailableError(CorralError):

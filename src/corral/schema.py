@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -306,3 +306,38 @@ class FileUrlRequest(Strict):
 class FileUrl(BaseModel):
     url: str = Field(..., description="Usable without an API key until expires_at.")
     expires_at: datetime
+
+
+class TemplateConfigInfo(BaseModel):
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = None
+    user: str = "root"
+    start_cmd: str | None = None
+    ready_cmd: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    expose: list[str] = Field(default_factory=list)
+
+
+class TemplateInfo(BaseModel):
+    name: str
+    tag: str
+    kind: Literal["recipe", "dockerfile"]
+    build_id: str | None = None
+    created_at: datetime | None = None
+    layers: int = Field(0, description="Lower dirs stacked on the template's root filesystem.")
+    config: TemplateConfigInfo = Field(default_factory=TemplateConfigInfo)
+
+
+class TemplateList(BaseModel):
+    templates: list[TemplateInfo]
+
+
+class BuildInfo(BaseModel):
+    build_id: str
+    name: str
+    tag: str
+    status: Literal["building", "succeeded", "failed"]
+    started_at: datetime
+    finished_at: datetime | None = None
+    steps: int
+    error: dict[str, Any] | None = Field(None, description="{code, message, details?} of a failed build")

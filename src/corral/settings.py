@@ -35,6 +35,9 @@ class Settings(BaseModel):
     default_cpu_count: float = Field(1.0, description="CPU quota (in cores) when create gives none.")
     max_cpu_count: float = Field(8.0, description="Largest CPU quota a sandbox may ask for.")
     pool_size: int = Field(2, description="Started sandboxes kept warm per template, so create is a claim (0 disables).")
+    ready_timeout: float = Field(
+        120.0, description="How long create waits for a template's ready check to pass (CORRAL_READY_TIMEOUT)."
+    )
     subnet: str = Field("10.213.0.0/16", description="Addresses for sandbox veth pairs (/30 each).")
     domain: str = Field(
         "localhost",

@@ -148,6 +148,15 @@ def test_mount_options() -> None:
     assert overlay_options(Path("/t"), Path("/u"), Path("/w")) == "lowerdir=/t,upperdir=/u,workdir=/w"
     with pytest.raises(ValueError):
         overlay_options(Path("/t,x"), Path("/u"), Path("/w"))
+    # a template's layers stack topmost first; a read-only view has no upper dir
+    assert overlay_options([Path("/l2"), Path("/l1"), Path("/t")], Path("/u"), Path("/w")) == (
+        "lowerdir=/l2:/l1:/t,upperdir=/u,workdir=/w"
+    )
+    assert overlay_options([Path("/l1"), Path("/t")], None, None) == "lowerdir=/l1:/t"
+    with pytest.raises(ValueError):
+        overlay_options([Path("/a:b"), Path("/t")], None, None)
+    with pytest.raises(ValueError):
+        overlay_options([Path(f"/l{i}") for i in range(100)], None, None)
 
 
 def test_bwrap_argv() -> None:

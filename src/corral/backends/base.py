@@ -36,6 +36,15 @@ class SandboxSpec:
     template_dir: Path  # the template's root filesystem (read-only lower dir), owners shifted
     limits: Limits = field(default_factory=Limits)
     internet: bool = True
+    # Layers stacked on template_dir, bottom to top (a Dockerfile template's steps), read-only too.
+    layers: tuple[Path, ...] = ()
+    # A host dir that takes the sandbox's writes instead of its tmpfs (a template build captures
+    # it as a new layer). None: writes go to the size-limited tmpfs and vanish with the sandbox.
+    upper_dir: Path | None = None
+
+    def lower_dirs(self) -> tuple[Path, ...]:
+        """The read-only dirs, topmost first (overlayfs's order)."""
+        return (*reversed(self.layers), self.template_dir)
 
 
 @dataclass

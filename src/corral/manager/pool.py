@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..agent.client import AgentClient
 from ..backends import Limits, SandboxHandle, SandboxSpec
-from ..templates import template_path
+from ..templates.store import Resolved
 
 if TYPE_CHECKING:
     from .service import Manager
@@ -40,8 +40,12 @@ class Pool:
     def ready_count(self) -> int:
         return sum(len(handles) for handles in self.ready.values())
 
-    async def claim(self, template: str) -> SandboxHandle | None:
-        if self.size <= 0:
+    async def claim(self, template: str, resolved: Resolved) -> SandboxHandle | None:
+        """A started sandbox of ``resolved`` (what ``template`` names now), or None.
+
+        Templates with a start command are not pooled (their start runs at create).
+        """
+        if self.size <= 0 or resolved.config.start_cmd:
             return None
         self.wanted.add(template)
         self._last_claim = time.monotonic()
@@ -49,11 +53,21 @@ class Pool:
         ready = self.ready.get(template)
         while ready:
             handle = ready.pop()
-            if await self.manager.backend.is_alive(handle):
+            same = handle.state.get("template") == str(resolved.template_dir) and handle.state.get("layers", []) == [
+                str(p) for p in resolved.layers
+            ]
+            if same and await self.manager.backend.is_alive(handle):
                 handle.state["pooled"] = True
                 return handle
-            await self.manager.backend.cleanup(handle)
+            await self.manager.backend.cleanup(handle)  # dead, or of an older build of the template
         return None
+
+    async def drop(self, template: str) -> None:
+        """Free the pooled sandboxes of a template (it is being deleted)."""
+        handles = self.ready.pop(template, []) + self.ready.pop(template.removesuffix(":latest"), [])
+        self.wanted.discard(template)
+        self.wanted.discard(template.removesuffix(":latest"))
+        await asyncio.gather(*(self.manager.backend.cleanup(h) for h in handles), return_exceptions=True)
 
     async def _fill_forever(self) -> None:
         while True:
@@ -76,8 +90,11 @@ class Pool:
         s = self.manager.settings
         for template in sorted(self.wanted):
             try:
-                rootfs = template_path(s.templates_dir, template)
+                resolved = self.manager.templates.resolve(template)
             except Exception:
+                self.wanted.discard(template)
+                continue
+            if resolved.config.start_cmd:
                 self.wanted.discard(template)
                 continue
             ready = self.ready.setdefault(template, [])
@@ -85,7 +102,8 @@ class Pool:
                 await self._quiet(bool(ready))
                 spec = SandboxSpec(
                     sandbox_id=new_sandbox_id(),
-                    template_dir=rootfs,
+                    template_dir=resolved.template_dir,
+                    layers=resolved.layers,
                     limits=Limits(cpu_count=s.default_cpu_count, memory_mb=s.default_memory_mb, disk_mb=s.default_disk_mb),
                     internet=True,  # the API's default, so a claim usually changes nothing
                 )
@@ -95,6 +113,9 @@ class Pool:
                 except BaseException:  # a failure, or the pool closing: the sandbox is nobody's
                     await asyncio.shield(self.manager.backend.cleanup(handle))
                     raise
+                if self.ready.get(template) is not ready:  # dropped meanwhile (its template was deleted)
+                    await self.manager.backend.cleanup(handle)
+                    break
                 ready.append(handle)
 
     async def _quiet(self, have_some: bool) -> None:

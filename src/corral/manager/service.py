@@ -26,9 +26,11 @@ from ..backends import Backend, Limits, SandboxHandle, SandboxSpec, SecretRule
 from ..schema import CreateSandbox, RunCode, RunCommand, UpdateNetwork
 from ..settings import Settings
 from ..store import SandboxRecord, Store
-from ..templates import template_path
+from ..templates.store import Resolved, TemplateStore, split_ref
 from . import metrics
+from .builds import Builds
 from .pool import Pool
+from .readiness import start_and_wait_ready
 from .secrets import Secret, SecretStore
 from .states import LIVE, State, check_transition
 
@@ -52,6 +54,7 @@ class Live:
     watcher: asyncio.Task[None] | None = None
     ending: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    workdir: str | None = None  # the template's WORKDIR: where commands start unless told
     cpu_sample: tuple[float, float] | None = None  # (time, CPU seconds) at the last usage() call
 
 
@@ -63,6 +66,8 @@ class Manager:
         self.secrets = SecretStore(settings.data_dir / "secrets.json")
         self.live: dict[str, Live] = {}
         self.pool = Pool(self, settings.pool_size)
+        self.builds = Builds(self)
+        self.templates: TemplateStore = self.builds.store
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -96,7 +101,9 @@ class Manager:
                 if not rec.url_secret:  # a record from before signed file URLs
                     rec.url_secret = secrets.token_hex(32)
                     self.store.update(rec.id, url_secret=rec.url_secret)
-                self._adopt(rec, handle)
+                lv = self._adopt(rec, handle)
+                with contextlib.suppress(errors.CorralError):  # a template deleted meanwhile: no default cwd
+                    lv.workdir = self.templates.resolve(rec.template).config.workdir
                 policy, names = handle.state.get("policy"), handle.state.get("secrets")
                 # Rules by name and secrets need this server's DNS resolver and proxy: applied again.
                 with contextlib.suppress(errors.CorralError, OSError, RuntimeError):
@@ -111,6 +118,10 @@ class Manager:
                 await self._safe_cleanup(handle)
                 self._transition(rec, State.FAILED, "lost while the server was down; its resources were reaped")
         reaped = await self.backend.reap_orphans(keep)
+        abandoned = await asyncio.to_thread(self.templates.remove_abandoned)
+        abandoned += await asyncio.to_thread(self.templates.fail_abandoned_builds)
+        if abandoned:
+            log.info("cleaned up after %d template builds that died: %s", len(abandoned), ", ".join(abandoned))
         if reaped:
             log.info("reaped %d orphaned sandboxes: %s", len(reaped), ", ".join(reaped))
         self.pool.start()
@@ -118,6 +129,7 @@ class Manager:
     async def shutdown(self) -> None:
         """Kill every sandbox this server owns (SIGTERM path)."""
         self._closing = True
+        await self.builds.close()
         await self.pool.close()
         await asyncio.gather(
             *(self._end(lv, State.KILLED, "server shut down") for lv in list(self.live.values())),
@@ -144,13 +156,16 @@ class Manager:
         running = sum(1 for lv in self.live.values() if not lv.ending)
         if running >= s.max_sandboxes:
             raise errors.LimitExceededError(f"{running} sandboxes are running, the maximum is {s.max_sandboxes}")
-        rootfs = template_path(s.templates_dir, req.template)
+        template = self.templates.resolve(req.template)
         granted = self.secrets.get(req.secrets) if req.secrets else []
         started = time.perf_counter()
-        handle = await self.pool.claim(req.template)
+        handle = await self.pool.claim(req.template, template)
         if handle is None:
             sandbox_id = new_sandbox_id()
-            spec = SandboxSpec(sandbox_id=sandbox_id, template_dir=rootfs, limits=limits, internet=req.internet)
+            spec = SandboxSpec(
+                sandbox_id=sandbox_id, template_dir=template.template_dir, layers=template.layers, limits=limits,
+                internet=req.internet,
+            )  # fmt: skip
             handle = await self.backend.start(spec)
         else:
             sandbox_id = handle.sandbox_id
@@ -162,6 +177,7 @@ class Manager:
             backend_state=handle.state, url_secret=secrets.token_hex(32), public_ports=req.public_ports,
         )
         lv = self._adopt(rec, handle)
+        lv.workdir = template.config.workdir
         try:
             await self.backend.configure(handle, limits, req.internet)
             if req.allow_out or req.deny_out:
@@ -169,9 +185,11 @@ class Manager:
             if granted:
                 handle.state["secrets"] = [s.name for s in granted]
                 await self.backend.set_secrets(handle, [SecretRule(s.placeholder, s.value, s.hosts) for s in granted])
-            envs = {**{s.name: s.placeholder for s in granted}, **req.envs}
+            envs = {**template.config.env, **{s.name: s.placeholder for s in granted}, **req.envs}
             if envs:
                 await lv.agent.configure(envs=envs, hostname=sandbox_id)
+            if template.config.start_cmd:
+                await start_and_wait_ready(lv.agent, template, self.settings.ready_timeout)
         except BaseException:
             self.live.pop(sandbox_id, None)
             await self._safe_cleanup(handle)
@@ -236,13 +254,36 @@ class Manager:
             raise errors.SandboxNotRunningError(f"sandbox {sandbox_id!r} is not running")
         await self._end(lv, State.KILLED, "killed by request")
 
+    # ----------------------------------------------------------------- templates
+
+    def list_templates(self) -> builtins.list[Resolved]:
+        return self.templates.list()
+
+    def get_template(self, ref: str) -> Resolved:
+        return self.templates.resolve(ref)
+
+    async def delete_template(self, ref: str) -> None:
+        """Remove a Dockerfile-built template (refused while a sandbox runs from it)."""
+        name, tag = split_ref(ref)
+        users = [lv.record.id for lv in self.live.values() if not lv.ending and _same_template(lv.record.template, name, tag)]
+        if users:
+            raise errors.TemplateInUseError(
+                f"template {name}:{tag} is used by {len(users)} running sandbox(es): {', '.join(sorted(users)[:5])}"
+            )
+        await self.pool.drop(f"{name}:{tag}")
+        # On the event loop (a few renames): a build of this process sees each layer kept or gone,
+        # never half removed. The removal itself goes to a thread.
+        _, trash = self.templates.unregister(f"{name}:{tag}", self.builds.in_use())
+        if trash:
+            self._spawn(asyncio.to_thread(_remove_dirs, trash))
+
     # ----------------------------------------------------------------- commands
 
     async def run_command(self, sandbox_id: str, req: RunCommand) -> AsyncIterator[dict[str, Any]]:
         lv = self._running(sandbox_id)
         metrics.COMMANDS.inc()
         stream = lv.agent.exec(
-            cmd="/bin/bash", args=["-l", "-c", req.cmd], envs=req.envs, cwd=req.cwd, user=req.user,
+            cmd="/bin/bash", args=["-l", "-c", req.cmd], envs=req.envs, cwd=req.cwd or lv.workdir, user=req.user,
             timeout=req.timeout or None, stdin=req.stdin, tag=req.tag,
         )
         return await _started(stream)
@@ -293,7 +334,8 @@ class Manager:
         lv = self._running(sandbox_id)
         metrics.COMMANDS.inc()
         stream = lv.agent.exec(
-            cmd=cmd, args=args, envs=envs, cwd=cwd, user=user, timeout=timeout or None, stdin=stdin, tag=tag,
+            cmd=cmd, args=args, envs=envs, cwd=cwd or lv.workdir, user=user, timeout=timeout or None, stdin=stdin,
+            tag=tag,
             pty=None if pty is None else {"cols": pty[0], "rows": pty[1]},
         )
         return await _started(stream)
@@ -605,6 +647,18 @@ class Manager:
         """Wait until background cleanups are done (tests and shutdown)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _remove_dirs(dirs: builtins.list[Any]) -> None:
+    import shutil
+
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _same_template(used: str, name: str, tag: str) -> bool:
+    used_name, _, used_tag = used.partition(":")
+    return used_name == name and (used_tag or "latest") == tag
 
 
 def _bounded(name: str, value: float, maximum: float) -> float:

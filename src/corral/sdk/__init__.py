@@ -5,14 +5,18 @@ from corral.sdk._async.files import AsyncFilesystem, AsyncWatchHandle
 from corral.sdk._async.pty import AsyncPty, AsyncPtyHandle
 from corral.sdk._async.sandbox import AsyncSandbox
 from corral.sdk._async.secrets import AsyncSecrets
+from corral.sdk._async.templates import AsyncTemplate
 from corral.sdk._sync.commands import CommandHandle, Commands
 from corral.sdk._sync.files import Filesystem, WatchHandle
 from corral.sdk._sync.pty import Pty, PtyHandle
 from corral.sdk._sync.sandbox import Sandbox
 from corral.sdk._sync.secrets import Secrets
+from corral.sdk._sync.templates import Template
 from corral.sdk.config import ConnectionConfig
 from corral.sdk.execution import CodeContext, Execution, ExecutionError, Logs, OutputMessage, Result
 from corral.sdk.models import (
+    BuildInfo,
+    BuildResult,
     CommandResult,
     CommandTimeoutError,
     EntryInfo,
@@ -23,6 +27,7 @@ from corral.sdk.models import (
     PtySize,
     SandboxInfo,
     SecretInfo,
+    TemplateInfo,
 )
 
 __all__ = [
@@ -33,7 +38,10 @@ __all__ = [
     "AsyncPtyHandle",
     "AsyncSandbox",
     "AsyncSecrets",
+    "AsyncTemplate",
     "AsyncWatchHandle",
+    "BuildInfo",
+    "BuildResult",
     "CodeContext",
     "CommandHandle",
     "CommandResult",
@@ -58,5 +66,7 @@ __all__ = [
     "SandboxInfo",
     "SecretInfo",
     "Secrets",
+    "Template",
+    "TemplateInfo",
     "WatchHandle",
 ]

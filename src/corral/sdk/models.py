@@ -218,3 +218,65 @@ class SecretInfo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SecretInfo:
         return cls(name=d["name"], hosts=list(d["hosts"]), placeholder=d["placeholder"])
+
+
+@dataclass
+class TemplateInfo:
+    name: str
+    tag: str
+    kind: str  # "recipe" (built-in, e.g. base) or "dockerfile"
+    build_id: str | None = None
+    created_at: datetime | None = None
+    layers: int = 0
+    config: dict[str, Any] = field(default_factory=dict)  # env, workdir, user, start_cmd, ready_cmd, labels
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.tag}"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TemplateInfo:
+        return cls(
+            name=d["name"], tag=d.get("tag", "latest"), kind=d.get("kind", "dockerfile"), build_id=d.get("build_id"),
+            created_at=_parse_time(d.get("created_at")) if not isinstance(d.get("created_at"), float)
+            else datetime.fromtimestamp(d["created_at"]).astimezone(),
+            layers=d["layers"] if isinstance(d.get("layers"), int) else len(d.get("layers") or []),
+            config=dict(d.get("config") or {}),
+        )  # fmt: skip
+
+
+@dataclass
+class BuildInfo:
+    build_id: str
+    name: str
+    tag: str
+    status: str  # building, succeeded, failed
+    started_at: datetime | None
+    finished_at: datetime | None = None
+    steps: int = 0
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BuildInfo:
+        return cls(
+            build_id=d["build_id"], name=d["name"], tag=d["tag"], status=d["status"],
+            started_at=_parse_time(d.get("started_at")), finished_at=_parse_time(d.get("finished_at")),
+            steps=d.get("steps", 0), error=d.get("error"),
+        )  # fmt: skip
+
+
+@dataclass
+class BuildResult:
+    """A finished build: its id, the template it registered, and every event it streamed."""
+
+    build_id: str
+    template: TemplateInfo
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def cached_steps(self) -> list[int]:
+        return [e["step"] for e in self.events if e.get("type") == "step_end" and e.get("cached")]
+
+    @property
+    def logs(self) -> list[str]:
+        return [e["data"] for e in self.events if e.get("type") == "log"]

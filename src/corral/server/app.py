@@ -21,7 +21,7 @@ from ..settings import Settings
 from . import fastpath, ports
 from .auth import check_key, is_open, load_or_create_key
 from .render import error_response, invalid_request
-from .routes import code, commands, files, network, pty, sandboxes, secrets
+from .routes import code, commands, files, network, pty, sandboxes, secrets, templates
 from .routes import ports as port_routes
 
 log = logging.getLogger("corral.server")
@@ -60,7 +60,7 @@ class Guard:
             if not is_open(scope["method"], scope["path"]):
                 check_key(self.api_key, headers)
             if scope["method"] in ("POST", "PUT", "PATCH") and not scope["path"].endswith(
-                ("/files", "/files/signed", "/files/multipart")
+                ("/files", "/files/signed", "/files/multipart", "/v1/templates")
             ):
                 length = headers.get("content-length", "")
                 if length.isdigit() and int(length) > MAX_JSON_BODY:
@@ -155,6 +155,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app.include_router(port_routes.router)
     app.include_router(network.router)
     app.include_router(secrets.router)
+    app.include_router(templates.router)
     return app
 
 

@@ -109,11 +109,15 @@ def build(templates_dir: Path, recipe: Recipe, progress: Progress | None = None)
     tmp = home / "current.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.rename(home / "current.json")
-    # Older builds go, unless a running sandbox still has one as its overlay's lower dir.
+    # Older builds go, unless a running sandbox still has one as a lower dir of its overlay or a
+    # template built from a Dockerfile stacks its layers on it.
+    from .store import TemplateStore
+
     in_use = Path("/proc/mounts").read_text()
+    stacked = TemplateStore(templates_dir).referenced_dirs()
     for old in home.iterdir():
         stale = old.is_dir() and old.name != digest and not old.name.startswith(".build-")
-        if stale and f"lowerdir={old / 'rootfs'}" not in in_use:
+        if stale and str(old / "rootfs") not in in_use and str(old / "rootfs") not in stacked:
             shutil.rmtree(old, ignore_errors=True)
     say(f"template {recipe.name} built in {elapsed:.0f} s")
     return final_dir / "rootfs"

@@ -161,8 +161,9 @@ class NamespaceBackend(Backend):
         if not ID_RE.match(sid):
             raise errors.InvalidRequestError(f"invalid sandbox id {sid!r}")
         _check_limits(spec.limits)
-        if not Path(spec.template_dir).is_dir():
-            raise errors.TemplateNotFoundError(f"template dir {spec.template_dir} not found")
+        for lower in spec.lower_dirs():
+            if not Path(lower).is_dir():
+                raise errors.TemplateNotFoundError(f"template dir {lower} not found")
         await self._ensure_ready()
         assert self._cg_version is not None
         sdir = self.run_dir / sid
@@ -182,6 +183,7 @@ class NamespaceBackend(Backend):
                 "disk": str(sdir / "disk"),
                 "agent_dir": str(sdir / "run"),
                 "template": str(spec.template_dir),
+                "layers": [str(p) for p in spec.layers],
                 "netns": network.netns_name(sid),
                 "veth": network.veth_name(sid),
                 "ip_index": addr.index,
@@ -238,7 +240,8 @@ class NamespaceBackend(Backend):
             fw = asyncio.ensure_future(network.set_internet(st["veth"], spec.internet))
             try:
                 overlay.mount_rootfs(
-                    Path(spec.template_dir), sdir / "disk", sdir / "root", spec.limits.disk_mb
+                    [Path(p) for p in spec.lower_dirs()], sdir / "disk", sdir / "root", spec.limits.disk_mb,
+                    upper_dir=spec.upper_dir,
                 )
                 os.symlink("disk/run", sdir / "run")
                 (sdir / "resolv.conf").write_text(network.resolv_conf())

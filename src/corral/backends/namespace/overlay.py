@@ -2,7 +2,12 @@
 
 <run>/<id>/disk   tmpfs, size = disk quota, holds upper/, work/ and run/ (the agent's dir), so
                   everything a sandbox can write counts against its quota
-<run>/<id>/root   overlay lowerdir=<template>, upperdir=disk/upper, workdir=disk/work
+<run>/<id>/root   overlay lowerdir=<layers...>:<template>, upperdir=disk/upper, workdir=disk/work
+
+A template built from a Dockerfile is a stack of lower dirs (its base root filesystem and one dir
+per step, each the upper dir a build step left); overlayfs stacks them natively (whiteouts and
+opaque dirs of upper layers hide what is below). A build sandbox passes its own upper dir (on the
+templates' disk) so that what its step wrote becomes the next layer.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .userns import HOST_UID_BASE
@@ -116,16 +122,35 @@ def tmpfs_options(size_mb: int) -> str:
     return f"size={int(size_mb)}m,mode=0755,uid={HOST_UID_BASE},gid={HOST_UID_BASE}"
 
 
-def overlay_options(lower: Path, upper: Path, work: Path) -> str:
-    for p in (lower, upper, work):
+# The mount options must fit in one page: this many lower dirs of ~70 characters do.
+MAX_LOWER_DIRS = 48
+
+
+def overlay_options(lower: Path | Sequence[Path], upper: Path | None, work: Path | None) -> str:
+    """Options for lower dirs (topmost first) and, unless read-only, an upper and a work dir."""
+    lowers = [lower] if isinstance(lower, Path) else list(lower)
+    if not lowers or len(lowers) > MAX_LOWER_DIRS:
+        raise ValueError(f"an overlay takes 1 to {MAX_LOWER_DIRS} lower dirs, not {len(lowers)}")
+    for p in (*lowers, upper, work):
         # overlayfs splits its options on ',' and lower dirs on ':'; refuse rather than escape.
-        if any(c in str(p) for c in ",:\\"):
+        if p is not None and any(c in str(p) for c in ",:\\"):
             raise ValueError(f"unsupported character in overlay path {p}")
-    return f"lowerdir={lower},upperdir={upper},workdir={work}"
+    opts = "lowerdir=" + ":".join(str(p) for p in lowers)
+    if upper is not None and work is not None:
+        opts += f",upperdir={upper},workdir={work}"
+    if len(opts) >= 4000:  # mount(2) copies one page of options
+        raise ValueError(f"overlay options of {len(opts)} bytes: too many or too long lower dir paths")
+    return opts
 
 
-def mount_rootfs(template: Path, disk: Path, root: Path, disk_mb: int) -> Path:
-    """Mount the disk tmpfs and the overlay; return the agent run dir (on the tmpfs)."""
+def mount_rootfs(
+    template: Path | Sequence[Path], disk: Path, root: Path, disk_mb: int, upper_dir: Path | None = None
+) -> Path:
+    """Mount the disk tmpfs and the overlay; return the agent run dir (on the tmpfs).
+
+    ``template`` is the lower dir, or the lower dirs topmost first. ``upper_dir``, when given, is
+    an empty host dir that takes the writes (its sibling ``work`` is the overlay's work dir).
+    """
     disk.mkdir(mode=0o700, exist_ok=True)
     root.mkdir(mode=0o755, exist_ok=True)
     # SECURITY: the tmpfs size is the sandbox's disk quota; nodev/nosuid keep device nodes and
@@ -137,14 +162,15 @@ def mount_rootfs(template: Path, disk: Path, root: Path, disk_mb: int) -> Path:
         os.chmod(p, mode)
         # SECURITY: owned by the namespace's root (host uid 100000), never by host root.
         os.chown(p, HOST_UID_BASE, HOST_UID_BASE)
-    # SECURITY: the template is only the read-only lower dir; every write lands in upper/.
-    mount(
-        "corral-root",
-        root,
-        "overlay",
-        MS_NOSUID | MS_NODEV,
-        overlay_options(template, disk / "upper", disk / "work"),
-    )
+    upper, work = disk / "upper", disk / "work"
+    if upper_dir is not None:
+        upper, work = upper_dir, upper_dir.parent / "work"
+        for p in (upper, work):
+            p.mkdir(mode=0o755, exist_ok=True)
+            # SECURITY: the namespace's root owns the root of what it may write, never host root.
+            os.chown(p, HOST_UID_BASE, HOST_UID_BASE)
+    # SECURITY: the template is only the read-only lower dirs; every write lands in upper/.
+    mount("corral-root", root, "overlay", MS_NOSUID | MS_NODEV, overlay_options(template, upper, work))
     return disk / "run"
 
 

@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from ... import __version__, errors
 from ...manager import Manager, SandboxRecord, traffic_token
 from ...schema import CreateSandbox, UpdateNetwork
-from ...templates import list_templates
 from .asgi import Scope, json_object, read_body, send_empty, send_json, str_map
 from .envd import ENVD_VERSION, access_token
 from .live import running
@@ -218,14 +217,11 @@ class Control:
 
     async def templates(self, scope: Scope, receive: Any, send: Any) -> None:
         out = []
-        for meta in list_templates(self.m.settings.templates_dir):
-            name = str(meta.get("name", ""))
-            if not name:
-                continue
-            e2b_name = E2B_NAMES.get(name, name)
-            stamp = str(meta.get("built_at") or rfc3339(0))
+        for t in self.m.list_templates():
+            e2b_name = E2B_NAMES.get(t.name, t.name) if t.tag == "latest" else f"{t.name}:{t.tag}"
+            stamp = rfc3339(t.created_at)
             out.append({
-                "templateID": e2b_name, "buildID": str(meta.get("digest", "")), "cpuCount": 1,
+                "templateID": e2b_name, "buildID": t.build_id or t.key, "cpuCount": 1,
                 "memoryMB": self.m.settings.default_memory_mb, "diskSizeMB": self.m.settings.default_disk_mb,
                 "public": True, "aliases": [e2b_name], "names": [e2b_name], "createdAt": stamp, "updatedAt": stamp,
                 "createdBy": None, "lastSpawnedAt": None, "spawnCount": 0, "buildCount": 1,
@@ -234,9 +230,10 @@ class Control:
         await send_json(send, 200, out)
 
     async def template_alias(self, scope: Scope, receive: Any, send: Any, alias: str) -> None:
-        names = {str(m.get("name")) for m in list_templates(self.m.settings.templates_dir)}
-        if TEMPLATES.get(alias, alias) not in names:
-            raise E2BError(404, f"template {alias!r} not found")
+        try:
+            self.m.get_template(TEMPLATES.get(alias, alias))
+        except errors.NotFoundError:
+            raise E2BError(404, f"template {alias!r} not found") from None
         await send_json(send, 200, {"templateID": alias, "public": True})
 
     # ------------------------------------------------------------------ rendering

@@ -72,13 +72,17 @@ class ApiClient:
         json: Any = None,
         params: Any = None,
         read_timeout: float | None = None,
+        content: Content = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """Send a request and return its answer unread (checked: errors are raised here).
 
         The caller owns the response and must close it (``iter_stream`` does when it ends).
         """
         timeout = httpx.Timeout(self.config.request_timeout, read=read_timeout or self.config.request_timeout)
-        request = self._http.build_request(method, path, json=json, params=params, timeout=timeout)
+        request = self._http.build_request(
+            method, path, json=json, params=params, timeout=timeout, content=content, headers=headers
+        )
         with transport_errors(self.config.api_url):
             resp = self._http.send(request, stream=True)
         if resp.status_code >= 400:
