@@ -173,7 +173,7 @@ def test_bad_control_plane_input(e2b_api: httpx.Client, created: dict) -> None:
 def test_ports_and_unknown_sandboxes(corral_server: ServerProcess, created: dict) -> None:
     url = corral_server.url
     r = httpx.post(url + "/execute", json={"code": "1+1"}, headers=envd_headers(created, port=49999))
-    assert r.status_code == 501 and "code interpreter" in r.json()["message"]
+    assert r.status_code == 502 and "no code interpreter" in r.json()["message"]  # a base sandbox
     r = httpx.get(url + "/", headers=envd_headers(created, port=8080))
     assert r.status_code == 502 and "port is not open" in r.json()["message"] and "port 8080" in r.json()["message"]
     assert r.json()["port"] == 8080 and r.json()["sandboxId"] == created["sandboxID"]
@@ -192,7 +192,12 @@ def test_host_name_routing(corral_server: ServerProcess, created: dict) -> None:
                    headers={"Host": host, "X-Access-Token": token})
     assert r.status_code == 200 and {e["name"] for e in r.json()["entries"]} >= {".profile"}
     r = httpx.post(corral_server.url + "/execute", json={}, headers={"Host": f"49999-{sid}.corral.invalid"})
-    assert r.status_code == 501
+    assert r.status_code == 401  # /execute asks for the access token
+    r = httpx.post(corral_server.url + "/execute", json={"code": "1"},
+                   headers={"Host": f"49999-{sid}.corral.invalid", "X-Access-Token": token})
+    assert r.status_code == 502 and "no code interpreter" in r.json()["message"]  # a base sandbox
+    r = httpx.get(corral_server.url + "/", headers={"Host": f"3000-{sid}.corral.invalid"})
+    assert r.status_code == 502 and "port 3000" in r.json()["message"]
     # Another port's host name is a port URL (server/ports.py, CORRAL_DOMAIN): nothing listens there.
     r = httpx.get(corral_server.url + "/", headers={"Host": f"3000-{sid}.localhost"})
     assert r.status_code == 502 and "3000" in r.json()["message"]

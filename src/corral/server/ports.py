@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
@@ -32,6 +32,7 @@ from .render import error_response
 HOST = re.compile(r"(?P<port>\d{1,5})-(?P<sandbox_id>[a-z0-9]+)\.(?P<domain>[^:]+)(?::\d+)?")
 PATH = re.compile(r"/v1/sandboxes/(?P<sandbox_id>[a-z0-9]+)/ports/(?P<port>\d{1,5})(?P<rest>/.*)?")
 TOKEN_HEADER = "x-corral-traffic-token"
+E2B_PORTS = frozenset({49983, 49999})  # by host name, envd and the code interpreter of the e2b SDKs (compat/e2b)
 TOKEN_QUERY = "traffic_token"
 TOKEN_COOKIE = "corral_traffic_token"
 E2B_TOKEN_HEADER = "e2b-traffic-access-token"  # what E2B's SDKs and docs send (compat/e2b hands it out)
@@ -40,7 +41,8 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host",
 })  # fmt: skip
-PRIVATE = frozenset({"x-api-key", TOKEN_HEADER, E2B_TOKEN_HEADER})
+PRIVATE = frozenset({"x-api-key", TOKEN_HEADER, E2B_TOKEN_HEADER, "x-access-token", "e2b-sandbox-id", "e2b-sandbox-port"})
+Closed = Callable[[Any], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Target:
 def route(scope: dict[str, Any], domain: str) -> Target | None:
     """The sandbox port a request is for, if it is one (by its Host, then by its path)."""
     host = _header(scope, b"host")
-    if host and (m := HOST.fullmatch(host)) and m["domain"] == domain:
+    if host and (m := HOST.fullmatch(host)) and m["domain"] == domain and int(m["port"]) not in E2B_PORTS:
         return Target(m["sandbox_id"], int(m["port"]), scope["path"], "/")
     if m := PATH.fullmatch(scope["path"]):
         prefix = f"/v1/sandboxes/{m['sandbox_id']}/ports/{m['port']}/"
@@ -113,7 +115,11 @@ class PortProxy:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def __call__(self, m: Manager, target: Target, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(
+        self, m: Manager, target: Target, scope: dict[str, Any], receive: Any, send: Any, closed: Closed | None = None
+    ) -> None:
+        """Proxy one request or WebSocket. ``closed`` answers for a port nothing listens on
+        (the E2B compat layer answers in E2B's shape); by default a 502 ``port_closed``."""
         token, from_query = _token(scope)
         try:
             address, port = m.port_target(target.sandbox_id, target.port, token)
@@ -125,11 +131,11 @@ class PortProxy:
         set_cookie = token if from_query else None
         if scope["type"] == "websocket":
             return await self._websocket(address, port, target, scope, receive, send)
-        return await self._http(address, port, target, scope, receive, send, set_cookie)
+        return await self._http(address, port, target, scope, receive, send, set_cookie, closed)
 
     async def _http(
         self, address: str, port: int, target: Target, scope: dict[str, Any], receive: Any, send: Any,
-        set_cookie: str | None,
+        set_cookie: str | None, closed: Closed | None = None,
     ) -> None:  # fmt: skip
         if target.cookie_path != "/" and not scope["path"].endswith("/") and target.path == "/":
             # /v1/sandboxes/{id}/ports/8000 -> .../8000/ so the page's relative links resolve inside.
@@ -156,6 +162,8 @@ class PortProxy:
         try:
             upstream = await self.http.send(request, stream=True)
         except httpx.ConnectError:
+            if closed is not None:
+                return await closed(send)
             err = errors.PortClosedError(f"nothing is listening on port {port} in sandbox {target.sandbox_id}")
             return await error_response(err)(scope, receive, send)
         except httpx.HTTPError as e:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ... import errors
 from ...manager import Manager
+from ...server import ports
 from ...server.auth import check_key
 from . import interpreter
 from .asgi import Scope, headers_of, send_json
@@ -114,12 +115,19 @@ class E2BCompat:
             return await envd(sandbox_id, scope, receive, send)
         if port == str(INTERPRETER_PORT):
             return await interpreter.serve(manager, sandbox_id, scope, receive, send)
-        # E2B's proxy answer for a closed port (the SDK reads "port is not open"), saying why.
-        message = (f"The sandbox is running but port is not open: corral does not forward sandbox port "
-                   f"{port[:8]} (only {ENVD_PORT}, envd, and {INTERPRETER_PORT}, the code interpreter)")
-        body = {"code": 502, "message": message, "sandboxId": sandbox_id,
-                "port": int(port) if port.isdigit() and len(port) <= 5 else port[:8]}
-        await send_json(send, 502, body)
+        # Any other port: corral's port proxy (public, or the sandbox's traffic token); a closed
+        # one answers as E2B's proxy does (the SDK reads "port is not open").
+        number = int(port) if port.isdigit() and len(port) <= 5 else 0
+
+        async def closed(send: Any) -> None:
+            message = f"The sandbox is running but port is not open: nothing listens on port {port[:8]}"
+            await send_json(send, 502, {"code": 502, "message": message, "sandboxId": sandbox_id, "port": number or port[:8]})
+
+        if not 1 <= number <= 65535:
+            return await closed(send)
+        state = scope["app"].state
+        target = ports.Target(sandbox_id, number, scope["path"], "/")
+        await state.port_proxy(manager, target, scope, receive, send, closed=closed)
 
     async def _presigned(self, scope: Scope, receive: Any, send: Any) -> None:
         """A presigned /files URL: the sandbox is the one whose token made its signature."""
