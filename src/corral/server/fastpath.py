@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,11 @@ async def serve(route: FastRoute, m: Manager, sandbox_id: str, scope: Any, recei
         chunks, media = sse(events, route.decode), b"text/event-stream"
     else:
         chunks, media = ndjson(events, route.decode), b"application/x-ndjson"
+    await stream_until_gone(chunks, media, receive, send)
+
+
+async def stream_until_gone(chunks: AsyncGenerator[bytes, None], media: bytes, receive: Any, send: Any) -> None:
+    """Send a 200 streamed answer, and let go of ``chunks`` at once if the client disconnects."""
 
     async def respond() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", media)]})

@@ -10,7 +10,6 @@ cwd}`` shapes). The e2b SDKs send ``X-Access-Token`` on ``/execute`` only (never
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import re
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 from ... import errors
 from ...manager import Manager
 from ...schema import RunCode
+from ...server.fastpath import stream_until_gone
 from ...server.streaming import with_keepalives
 from .asgi import Scope, headers_of, json_object, read_body, send_json
 from .envd import access_token
@@ -109,26 +109,5 @@ async def _execute(manager: Manager, sandbox_id: str, scope: Scope, receive: Any
             if event.get("type") != "accepted":  # corral's own first line
                 yield json.dumps(event, separators=(",", ":")).encode() + b"\n"
 
-    chunks = lines()
-
-    async def respond() -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]})
-        async for line in chunks:
-            await send({"type": "http.response.body", "body": line, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def client_gone() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
     # The SDK's own timeout closes the connection: the cell is interrupted (its context survives).
-    tasks = [asyncio.ensure_future(respond()), asyncio.ensure_future(client_gone())]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if tasks[0] in done:
-            tasks[0].result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await chunks.aclose()
+    await stream_until_gone(lines(), b"application/x-ndjson", receive, send)
