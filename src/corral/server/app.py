@@ -42,15 +42,17 @@ class Guard:
         self.app, self.api_key, self.domain, self.e2b = app, api_key, domain, e2b
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and (target := ports.route(scope, self.domain)):
+            # A sandbox's port (by path, or a host name of CORRAL_DOMAIN other than the e2b SDKs'
+            # envd and interpreter ports): its own authorization, never the API key.
+            state = scope["app"].state
+            return await state.port_proxy(state.manager, target, scope, receive, send)
         if scope["type"] == "http" and self.e2b is not None:
-            # E2B's SDKs first (their API paths, envd and interpreter ports): their own auth and error shapes.
+            # E2B's SDKs (their API paths, envd and interpreter ports, other ports of their host
+            # names): their own auth and error shapes.
             e2b_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             if (e2b := self.e2b.handler(scope, e2b_headers)) is not None:
                 return await e2b(scope, receive, send)
-        if scope["type"] in ("http", "websocket") and (target := ports.route(scope, self.domain)):
-            # A sandbox's port (by host name or path): its own authorization, never the API key.
-            state = scope["app"].state
-            return await state.port_proxy(state.manager, target, scope, receive, send)
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send)
         if scope["type"] != "http":

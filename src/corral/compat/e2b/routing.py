@@ -68,10 +68,9 @@ class E2BCompat:
             port = headers.get("e2b-sandbox-port", str(ENVD_PORT))
             return lambda s, r, w: self._sandbox(sandbox_id, port, s, r, w)
         host = self._host_route(headers.get("host", ""))
-        if host is not None and host[0] in (str(ENVD_PORT), str(INTERPRETER_PORT)) and (
-            self.domain is not None or self._known(scope, host[1])
-        ):
-            # Other ports are servers inside the sandbox: corral's port URLs (server/ports.py) serve them.
+        if host is not None and (self.domain is not None or self._known(scope, host[1])):
+            # Other ports than envd's and the interpreter's are servers inside the sandbox: corral's
+            # port proxy (server/ports.py) serves them, a closed one answering in E2B's shape.
             return lambda s, r, w: self._sandbox(host[1], host[0], s, r, w)
         if path == "/files" and b"signature=" in scope.get("query_string", b""):
             return self._presigned
