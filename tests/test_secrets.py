@@ -145,3 +145,19 @@ def test_bad_secret_requests(corral_server: ServerProcess) -> None:
         Secrets.delete("NOPE", **api)
     with corral_server.client() as http:
         assert http.get("/v1/secrets", headers={"X-API-Key": "wrong"}).status_code == 401
+
+
+def test_a_killed_sandbox_with_secrets_leaves_no_rules(secret_world: tuple[World, ServerProcess]) -> None:
+    from corral.backends.namespace.network import veth_name
+
+    _, server = secret_world
+    s = Sandbox.create(secrets=["API_TOKEN"], api_key=server.api_key, api_url=server.url)
+    veth = veth_name(s.sandbox_id)
+    s.kill()
+    s.close()
+
+    def gone() -> bool:
+        listed = subprocess.run(["nft", "list", "table", "inet", "corral"], capture_output=True, text=True).stdout
+        return veth not in listed
+
+    wait_until(gone, timeout=30, what="the sandbox's egress rules to go")

@@ -400,6 +400,7 @@ class NamespaceBackend(Backend):
             )
         elif self._proxy is not None:
             self._proxy[0].sandboxes.pop(st["ip"], None)
+        st["egress_chain"] = policy  # what cleanup must remove
         if policy:
             await network.set_policy(st["veth"], *cidrs, internet, dns_port, proxy_port)
         # With rules, the sandbox's own chain decides (see network.set_policy).
@@ -541,7 +542,8 @@ class NamespaceBackend(Backend):
         self._ip_by_veth.pop(str(st.get("veth")), None)
         # Network teardown takes ~35 ms of ip/nft: run it while unmounting.
         veth = st.get("veth") or network.veth_name(sid)
-        net = asyncio.ensure_future(step("network", lambda: _teardown_network(sid, veth, bool(st.get("policy")))))
+        had_rules = bool(st.get("policy") or st.get("egress_chain"))
+        net = asyncio.ensure_future(step("network", lambda: _teardown_network(sid, veth, had_rules)))
         await step("unmount", lambda: _unmount_all(sdir))
         version = int(st.get("cgroup_version") or self._cg_version or cgroups.detect_version() or 1)
         await step("cgroups", lambda: cgroups.SandboxCgroup(version, sid).remove())
@@ -573,6 +575,8 @@ class NamespaceBackend(Backend):
             if rel:
                 ids.add(rel[0])
         ids |= _stale_foreign_ids(self.run_dir, set(ids))
+        # Egress objects whose veth is gone (a crash between the two, or an older server's leak).
+        await network.remove_stale_policies()
         reaped = []
         for sid in sorted(ids - set(keep)):
             if not ID_RE.match(sid):

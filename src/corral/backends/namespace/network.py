@@ -334,6 +334,17 @@ async def remove_policy(veth: str) -> None:
         await run(["nft", cmd], check=False)
 
 
+async def remove_stale_policies() -> None:
+    """Remove the rules, sets and counters of sandboxes whose veth no longer exists."""
+    import re
+
+    listed = await run(["nft", "list", "table", "inet", TABLE], check=False)
+    veths = set(re.findall(r"\b[pbnad]_(" + VETH_PREFIX + r"[0-9a-f]{12})\b", listed))
+    for veth in sorted(veths):
+        if not Path(f"/sys/class/net/{veth}").exists():
+            await remove_policy(veth)
+
+
 async def policy_stats(veth: str) -> tuple[int, list[dict[str, int | str]]]:
     """(refused packets, the refused destinations: address, port, packets)."""
     import json
