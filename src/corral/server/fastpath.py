@@ -51,7 +51,7 @@ def match(scope: dict[str, Any]) -> tuple[FastRoute, str] | None:
 async def serve(route: FastRoute, m: Manager, sandbox_id: str, scope: Any, receive: Any, send: Any) -> None:
     headers = {k.lower(): v for k, v in scope["headers"]}
     try:
-        body = await _read_body(receive)
+        body = await read_body(receive)
         try:
             req = route.model.model_validate_json(body or b"{}")
         except ValidationError as e:
@@ -93,14 +93,15 @@ async def stream_until_gone(chunks: AsyncGenerator[bytes, None], media: bytes, r
         await chunks.aclose()
 
 
-async def _read_body(receive: Any) -> bytes:
+async def read_body(receive: Any, limit: int = MAX_BODY) -> bytes:
+    """The whole request body (chunked or not), at most ``limit`` bytes."""
     body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise errors.InvalidRequestError("the client went away before sending its request")
         body += message.get("body", b"")
-        if len(body) > MAX_BODY:
-            raise errors.PayloadTooLargeError(f"request body over {MAX_BODY} bytes")
+        if len(body) > limit:
+            raise errors.PayloadTooLargeError(f"request body over {limit} bytes")
         if not message.get("more_body"):
             return bytes(body)

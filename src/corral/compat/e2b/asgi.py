@@ -7,27 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ... import errors
+from ...server.fastpath import read_body as read_body  # one body reader for the fast path and E2B
 
 Scope = dict[str, Any]
-MAX_JSON_BODY = 20 * 1024 * 1024
 
 
 def headers_of(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-
-
-async def read_body(receive: Any, limit: int = MAX_JSON_BODY) -> bytes:
-    """The whole request body (chunked or not), at most ``limit`` bytes."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise errors.InvalidRequestError("the client went away before sending its request")
-        body += message.get("body", b"")
-        if len(body) > limit:
-            raise errors.PayloadTooLargeError(f"request body over {limit} bytes")
-        if not message.get("more_body"):
-            return bytes(body)
 
 
 async def body_chunks(receive: Any) -> AsyncIterator[bytes]:
