@@ -26,6 +26,8 @@ from corral.agent.client import AgentClient
 from corral.backends.base import Limits, SandboxSpec
 from corral.backends.namespace import cgroups
 from corral.backends.namespace.backend import NamespaceBackend
+from corral.templates import template_path
+from helpers import TEMPLATES_DIR
 
 from .nshelpers import can_connect, leftovers, ok, sandbox, sh, wait_listening
 
@@ -34,9 +36,9 @@ pytestmark = pytest.mark.privileged
 
 @pytest.fixture(scope="module")
 def rootfs() -> Path:
-    path = Path(os.environ.get("CORRAL_TEST_ROOTFS", "/var/tmp/exp/rootfs"))
-    if not (path / "usr/bin/python3").exists():
-        pytest.skip(f"no template rootfs at {path}")
+    """The base template `make test` builds (owners shifted into the sandbox uid range)."""
+    path = template_path(TEMPLATES_DIR, "base")
+    assert (path / "usr/bin/python3").exists(), f"the base template at {path} has no python3"
     return path
 
 
