@@ -9,6 +9,7 @@ PYTEST_ARGS ?=
 # The older e2b Python SDK the compat tests also drive (E2B_SANDBOX_URL exists since 2.7; this one
 # still creates with POST /sandboxes and speaks Connect through its vendored client).
 E2B_OLD_VERSION := 2.20.0
+E2B_CI_OLD_VERSION := 2.0.0
 E2B_OLD_VENV := .venv-e2b-old
 JS_COMPAT := tests/compat/js
 
@@ -34,7 +35,7 @@ node:
 e2b-sdks: $(E2B_OLD_VENV)/.installed $(JS_COMPAT)/node_modules/.installed
 $(E2B_OLD_VENV)/.installed: Makefile
 	test -x $(E2B_OLD_VENV)/bin/python || $(PY) -m venv $(E2B_OLD_VENV)
-	$(E2B_OLD_VENV)/bin/pip install -q 'e2b==$(E2B_OLD_VERSION)'
+	$(E2B_OLD_VENV)/bin/pip install -q 'e2b==$(E2B_OLD_VERSION)' 'e2b-code-interpreter==$(E2B_CI_OLD_VERSION)'
 	touch $@
 $(JS_COMPAT)/node_modules/.installed: $(JS_COMPAT)/package-lock.json | node
 	cd $(JS_COMPAT) && npm ci --no-audit --no-fund --loglevel=error
