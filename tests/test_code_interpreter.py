@@ -263,7 +263,8 @@ def test_a_dead_kernel_is_reported_then_restarted_with_a_message(
 def test_a_kernel_killed_from_a_command_is_restarted(ci: Sandbox, fresh: Fresh) -> None:
     ctx = fresh()
     pid = ci.run_code("import os\nos.getpid()", context=ctx).text
-    ci.commands.run(f"kill -9 {pid}")
+    # Killed, and gone (a zombie until the kernel server reaps it) before the next cell.
+    ci.commands.run(f"kill -9 {pid}; while ps -o stat= -p {pid} | grep -qv Z; do sleep 0.05; done")
     after = ci.run_code("'alive'", context=ctx)
     assert after.text == "'alive'"
     assert any("had died" in line and "SIGKILL" in line for line in after.logs.stderr)
@@ -385,7 +386,8 @@ def test_a_killed_code_sandbox_leaves_nothing_behind(corral_server: ServerProces
 def test_a_killed_kernel_server_comes_back_on_the_next_cell(corral_server: ServerProcess) -> None:
     with Sandbox.create(template=TEMPLATE, api_key=corral_server.api_key, api_url=corral_server.url) as s:
         assert s.run_code("x = 1\nx").text == "1"
-        s.commands.run("pkill -9 -f '[k]ernel_server'; pkill -9 -f '[i]pykernel_launcher'; true", user="root")
+        s.commands.run("pkill -9 -f '[k]ernel_server'; pkill -9 -f '[i]pykernel_launcher';"
+                       " while pgrep -f '[k]ernel_server' >/dev/null; do sleep 0.05; done", user="root")  # fmt: skip
         execution = s.run_code("'back'")
         assert execution.text == "'back'", execution
 

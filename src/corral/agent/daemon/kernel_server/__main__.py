@@ -56,7 +56,7 @@ MIME_KEYS = {
 
 
 class KernelGone(Exception):
-    """The kernel died before it took the cell."""
+    """The kernel died while the run was being set up."""
 
 
 class RequestError(Exception):
@@ -329,23 +329,17 @@ class Execution:
     def __init__(self, server: Server, ctx: Context, out: Output, reader: asyncio.StreamReader) -> None:
         self.server, self.ctx, self.out, self.reader = server, ctx, out, reader
         self.interrupted = False
-        self.started = False  # the kernel took the cell (a message of it came back)
         self.error_sent = False
         self.stderr = ""  # the cell's stderr (the start of it): tslab reports errors only there
 
     async def run(self, code: str, envs: dict[str, str], sandbox_envs: dict[str, str], timeout: float | None) -> None:
-        ctx, out = self.ctx, self.out
+        out = self.out
         try:
-            for attempt in (1, 2):
-                await self.ensure_kernel()
-                try:
-                    await self.in_kernel(code, envs, sandbox_envs, timeout)
-                    break
-                except KernelGone:  # it died before the cell started (killed a moment ago): once more
-                    ctx.died = await ctx.exit_reason()
-                    await ctx.stop()
-                    if attempt == 2:
-                        raise RequestError("kernel_failed", f"the {ctx.language} kernel keeps dying ({ctx.died})") from None
+            await self.ensure_kernel()
+            try:
+                await self.in_kernel(code, envs, sandbox_envs, timeout)
+            except KernelGone:  # it died during the set-up of this run (killed a moment ago)
+                await self.died()
         except RequestError as e:
             await out.send({"type": "error", "name": "KernelError", "value": e.message, "traceback": ""})
         await out.send({"type": "end_of_execution"})
@@ -441,8 +435,6 @@ class Execution:
                     msg = await kc.get_iopub_msg(timeout=0.25)
                 except Exception:  # queue.Empty: nothing within the poll interval
                     if not await ctx.alive():
-                        if not self.started:
-                            raise KernelGone() from None
                         await self.died()
                         return
                     continue
@@ -503,15 +495,14 @@ class Execution:
         ctx.died = reason
         await self.send_error(
             "KernelDiedError",
-            f"the {ctx.language} kernel died while running this cell ({reason}); the next run starts a new"
-            " kernel and the context's state is lost",
+            f"the {ctx.language} kernel died before or while running this cell ({reason}); the next run"
+            " starts a new kernel and the context's state is lost",
             [],
         )
 
     async def output(self, msg: dict[str, Any]) -> bool:
         """Forward one iopub message; True once the kernel is idle again (the cell ended)."""
         kind, content = msg["msg_type"], msg["content"]
-        self.started = True
         if kind == "status":
             return bool(content.get("execution_state") == "idle")
         if kind == "stream":
