@@ -47,17 +47,15 @@ class Guard:
             # envd and interpreter ports): its own authorization, never the API key.
             state = scope["app"].state
             return await state.port_proxy(state.manager, target, scope, receive, send)
-        if scope["type"] == "http" and self.e2b is not None:
-            # E2B's SDKs (their API paths, envd and interpreter ports, other ports of their host
-            # names): their own auth and error shapes.
-            e2b_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            if (e2b := self.e2b.handler(scope, e2b_headers)) is not None:
-                return await e2b(scope, receive, send)
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.e2b is not None and (e2b := self.e2b.handler(scope, headers)) is not None:
+            # E2B's SDKs (their API paths, envd and interpreter ports, other ports of their host
+            # names): their own auth and error shapes.
+            return await e2b(scope, receive, send)
         try:
             if not is_open(scope["method"], scope["path"]):
                 check_key(self.api_key, headers)

@@ -98,7 +98,7 @@ class NamespaceBackend(Backend):
         self._resolver: tuple[dns.Resolver, int] | None = None  # started with the first rule by name
         self._proxy: tuple[egress.EgressProxy, int] | None = None  # started with the first secret
         self._secrets: dict[str, list[egress.SecretRule]] = {}  # sandbox id -> its secrets
-        self._ip_by_veth: dict[str, str] = {}
+        self._ca: egress.CertificateAuthority | None = None
         self._sandbox_bundle: Path | None = None  # the host's CA bundle plus corral's egress CA
         self.pool = network.IpPool(subnet)
         self._userns = SharedUserNamespace()
@@ -386,7 +386,6 @@ class NamespaceBackend(Backend):
         names = ([p for p in allow if not _is_cidr(p)], [p for p in deny if not _is_cidr(p)])
         cidrs = ([p for p in allow if _is_cidr(p)], [p for p in deny if _is_cidr(p)])
         dns_port = proxy_port = None
-        self._ip_by_veth[st["veth"]] = st["ip"]
         if names[0] or names[1]:
             resolver, dns_port = await self._dns()
             resolver.rules[st["ip"]] = dns.DomainRules(st["veth"], *names, internet)
@@ -400,17 +399,18 @@ class NamespaceBackend(Backend):
             )
         elif self._proxy is not None:
             self._proxy[0].sandboxes.pop(st["ip"], None)
+        had_chain = bool(st.get("egress_chain") or st.get("policy"))
         st["egress_chain"] = policy  # what cleanup must remove
         if policy:
             await network.set_policy(st["veth"], *cidrs, internet, dns_port, proxy_port)
         # With rules, the sandbox's own chain decides (see network.set_policy).
         await network.set_internet(st["veth"], internet or policy)
-        if not policy:
+        if had_chain and not policy:
             await network.remove_policy(st["veth"])
 
     def _write_sandbox_bundle(self, host_bundle: Path) -> Path:
         """What sandboxes trust: the host's CA certificates and the egress proxy's CA."""
-        ca = egress.CertificateAuthority(self.data_dir / "egress")
+        ca = self._authority()
         # In the run dir: bwrap (host uid 100000) must read it, and the data dir may be closed to it.
         path = self.run_dir / SANDBOX_CA_BUNDLE
         tmp = path.with_suffix(".tmp")
@@ -426,18 +426,24 @@ class NamespaceBackend(Backend):
             self._resolver = await dns.start((host, int(port or 53)), self._resolved)
         return self._resolver
 
-    async def _resolved(self, veth: str, addresses: list[tuple[str, int]]) -> None:
-        """An allowed name resolved: its addresses open in the firewall and in the egress proxy."""
+    def _authority(self) -> egress.CertificateAuthority:
+        """corral's egress CA (loaded, or made, once)."""
+        if self._ca is None:
+            self._ca = egress.CertificateAuthority(self.data_dir / "egress")
+        return self._ca
+
+    async def _resolved(self, address: str, veth: str, addresses: list[tuple[str, int]]) -> None:
+        """An allowed name resolved for the sandbox at ``address``: what it resolved to opens in
+        the firewall and in the egress proxy."""
         await network.allow_addresses(veth, addresses)
-        rules = self._proxy[0].sandboxes.get(self._ip_by_veth.get(veth, "")) if self._proxy else None
+        rules = self._proxy[0].sandboxes.get(address) if self._proxy else None
         if rules is not None:
             rules.resolved.update(ip for ip, _ in addresses)
 
     async def _egress(self) -> tuple[egress.EgressProxy, int]:
         if self._proxy is None:
-            ca = egress.CertificateAuthority(self.data_dir / "egress")
             refuse = ["127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8", self.subnet, *network.host_addresses()]
-            proxy = egress.EgressProxy(ca, str(self.ca_bundle) if self.ca_bundle else None, refuse)
+            proxy = egress.EgressProxy(self._authority(), str(self.ca_bundle) if self.ca_bundle else None, refuse)
             self._proxy = (proxy, await proxy.start())
         return self._proxy
 
@@ -539,7 +545,6 @@ class NamespaceBackend(Backend):
             if self._proxy is not None:
                 self._proxy[0].sandboxes.pop(st["ip"], None)
         self._secrets.pop(sid, None)
-        self._ip_by_veth.pop(str(st.get("veth")), None)
         # Network teardown takes ~35 ms of ip/nft: run it while unmounting.
         veth = st.get("veth") or network.veth_name(sid)
         had_rules = bool(st.get("policy") or st.get("egress_chain"))

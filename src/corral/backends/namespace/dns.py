@@ -113,7 +113,8 @@ def nxdomain(query: bytes, question_end: int) -> bytes:
 
 # ---- the resolver --------------------------------------------------------------------------
 
-AllowAddresses = Callable[[str, list[tuple[str, int]]], Awaitable[None]]
+# (the sandbox's address, its veth, the (address, ttl) an allowed name resolved to)
+AllowAddresses = Callable[[str, str, list[tuple[str, int]]], Awaitable[None]]
 
 
 class Resolver(asyncio.DatagramProtocol):
@@ -152,7 +153,7 @@ class Resolver(asyncio.DatagramProtocol):
             addresses = a_records(reply)
             if addresses:
                 with contextlib.suppress(Exception):
-                    await self.allow_addresses(rules.veth, addresses)
+                    await self.allow_addresses(addr[0], rules.veth, addresses)
         self.transport.sendto(reply, addr)
 
     async def _upstream(self, data: bytes) -> bytes:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import json
 import os
+import re
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -336,8 +338,6 @@ async def remove_policy(veth: str) -> None:
 
 async def remove_stale_policies() -> None:
     """Remove the rules, sets and counters of sandboxes whose veth no longer exists."""
-    import re
-
     listed = await run(["nft", "list", "table", "inet", TABLE], check=False)
     veths = set(re.findall(r"\b[pbnad]_(" + VETH_PREFIX + r"[0-9a-f]{12})\b", listed))
     for veth in sorted(veths):
@@ -347,8 +347,6 @@ async def remove_stale_policies() -> None:
 
 async def policy_stats(veth: str) -> tuple[int, list[dict[str, int | str]]]:
     """(refused packets, the refused destinations: address, port, packets)."""
-    import json
-
     _, blocked, count = _policy_names(veth)
     out = await run(["nft", "-j", "list", "counter", "inet", TABLE, count], check=False)
     total = 0
