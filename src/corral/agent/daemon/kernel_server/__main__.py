@@ -45,6 +45,7 @@ HOME = "/home/user"
 TEXT_PIECE = 256 * 1024  # stdout/stderr text per line
 MAX_REQUEST = 16 << 20  # one request line (code + env vars)
 DRAIN_AFTER_INTERRUPT = 10.0  # seconds an interrupted cell gets to end before its kernel restarts
+REINTERRUPT_EVERY = 1.0  # an interrupt that lands before the kernel enters the cell is ignored: resend
 REPLY_GRACE = 2.0
 TSLAB_ABORT_WINDOW = 0.25  # seconds to wait for the idle status once the execute reply arrived
 MIME_KEYS = {
@@ -405,6 +406,7 @@ class Execution:
         reply: asyncio.Future[Any] = asyncio.ensure_future(self.shell_reply(msg_id))
         replied_at: float | None = None
         interrupted_at: float | None = None
+        last_interrupt = 0.0
         try:
             while True:
                 t = loop.time()
@@ -413,7 +415,7 @@ class Execution:
                 if interrupted_at is None:
                     if deadline is not None and t > deadline:
                         await self.interrupt()
-                        interrupted_at = t
+                        interrupted_at = last_interrupt = t
                         await self.send_error(
                             "TimeoutError",
                             f"execution timed out after {timeout:g} s; the kernel was interrupted and the"
@@ -423,11 +425,16 @@ class Execution:
                     elif gone.done():
                         self.out.gone = True
                         await self.interrupt()
-                        interrupted_at = t
+                        interrupted_at = last_interrupt = t
                 elif t - interrupted_at > DRAIN_AFTER_INTERRUPT:
                     ctx.died = "it did not stop when interrupted"
                     await ctx.stop()
                     return
+                elif replied_at is None and t - last_interrupt > REINTERRUPT_EVERY:
+                    # ipykernel ignores SIGINT while idle: a signal that arrived before the cell began
+                    # was lost, and the cell would run on.
+                    await self.interrupt()
+                    last_interrupt = t
                 if reply.done() and replied_at is None:
                     replied_at = t
                     await self.replied(reply.result())
