@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 AGENT_PATH = Path(__file__).resolve().with_name("daemon")
+AGENT_TCP_PORT = 49982  # where the agent listens in sandboxes reached over their network (gvisor, microvm)
 
 if TYPE_CHECKING:
     from corral.agent.client import AgentClient, FileDownload
 
-__all__ = ["AGENT_PATH", "AgentClient", "FileDownload"]
+__all__ = ["AGENT_PATH", "AGENT_TCP_PORT", "AgentClient", "FileDownload"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing corral.agent stays cheap (no asyncio)

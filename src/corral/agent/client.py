@@ -138,7 +138,8 @@ class FileDownload:
 
 
 class AgentClient:
-    """Talks to the agent listening on ``socket_path`` (the host path of the sandbox's socket)."""
+    """Talks to the agent listening on ``socket_path``: the host path of the sandbox's unix socket,
+    or ``tcp:ADDRESS:PORT`` for an agent reached over the sandbox's network."""
 
     def __init__(self, socket_path: str | os.PathLike[str], *, connect_timeout: float = 5.0) -> None:
         self.socket_path = os.fspath(socket_path)
@@ -150,9 +151,7 @@ class AgentClient:
     # ------------------------------------------------------------------ plumbing
     async def _open(self, request: dict[str, Any]) -> _Connection:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.socket_path), self.connect_timeout
-            )
+            reader, writer = await asyncio.wait_for(self._connect(), self.connect_timeout)
         except TimeoutError:
             raise _unavailable(f"connecting to {self.socket_path} timed out") from None
         except (OSError, ValueError) as e:
@@ -164,6 +163,12 @@ class AgentClient:
             conn.close()
             raise
         return conn
+
+    def _connect(self) -> Any:
+        if self.socket_path.startswith("tcp:"):
+            host, _, port = self.socket_path[4:].rpartition(":")
+            return asyncio.open_connection(host, int(port))
+        return asyncio.open_unix_connection(self.socket_path)
 
     async def _call(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         async def run() -> dict[str, Any]:

@@ -9,6 +9,8 @@ from .base import Backend, Limits, Probe, SandboxHandle, SandboxSpec, SecretRule
 # name -> "module:Class"; imported lazily so the SDK and CLI import anywhere.
 REGISTRY: dict[str, str] = {
     "namespace": "corral.backends.namespace.backend:NamespaceBackend",
+    "gvisor": "corral.backends.gvisor.backend:GVisorBackend",
+    "microvm": "corral.backends.microvm.backend:MicroVMBackend",
 }
 
 

@@ -1,6 +1,7 @@
 """Start the agent::
 
     python3 -I -S <this directory> --socket /run/corral/agent.sock --ready-fd 3 --log /run/corral/agent.log
+    python3 -I -S <this directory> --socket tcp:10.213.0.2:49982 --allow-peer 10.213.0.1 ...
 
 Inside a sandbox the prelude (``corral.backends.namespace.bwrap``) runs this module as the
 package's ``__main__`` from the host-compiled bundle, or else runs the directory like the line
@@ -22,11 +23,11 @@ else:  # python3 <this directory>: sys.path[0] is the directory; import it as a 
 
 
 def parse_args(argv):
-    opts = {"socket": "/run/corral/agent.sock", "ready_fd": None, "log": None}
+    opts = {"socket": "/run/corral/agent.sock", "ready_fd": None, "log": None, "allow_peer": None}
     it = iter(argv)
     for arg in it:
         key, eq, val = arg.partition("=")
-        if key not in ("--socket", "--ready-fd", "--log"):
+        if key not in ("--socket", "--ready-fd", "--log", "--allow-peer"):
             raise SystemExit("agent: unknown argument " + arg)
         if not eq:
             try:
@@ -69,7 +70,7 @@ def main(argv=None):
             pass
     wire.log(f"agent {wire.VERSION} listening on {opts['socket']} (pid {os.getpid()})")
     interpreter.start_in_background()  # templates with Jupyter kernels: warm the default one
-    server.serve(sock)
+    server.serve(sock, opts["allow_peer"])
 
 
 if __name__ == "__main__":

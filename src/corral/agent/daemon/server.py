@@ -121,6 +121,15 @@ def handle(sock):
 
 
 def listen(path):
+    """The agent's socket: a unix socket path, or ``tcp:ADDRESS:PORT`` (backends whose sandbox
+    has its own kernel reach the agent over the sandbox's network)."""
+    if path.startswith("tcp:"):
+        host, _, port = path[4:].rpartition(":")
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(128)
+        return sock
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -135,17 +144,28 @@ def listen(path):
     return sock
 
 
-def serve(sock):
+def serve(sock, allow_peer=None):
+    """Accept connections for ever, one thread each. On TCP, ``allow_peer`` is the one address
+    connections may come from (the host's end of the sandbox's link)."""
+    tcp = sock.family == _socket.AF_INET
     while True:
         try:
-            fd, _addr = sock._accept()
+            fd, addr = sock._accept()
         except InterruptedError:
             continue
         except OSError as e:
             log(f"accept failed: {e}")
             time.sleep(0.05)
             continue
-        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+        conn = _socket.socket(sock.family, _socket.SOCK_STREAM, 0, fd)
+        if tcp:
+            # SECURITY: only the host may drive the agent; a process inside the sandbox
+            # connecting to its own address (or loopback) has another source address.
+            if allow_peer is not None and addr[0] != allow_peer:
+                log(f"refused a connection from {addr[0]}")
+                conn.close()
+                continue
+            conn.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         try:
             _thread.start_new_thread(handle, (conn,))
         except RuntimeError as e:
