@@ -50,7 +50,7 @@ class SandboxSpec:
 @dataclass
 class SandboxHandle:
     sandbox_id: str
-    agent_socket: Path
+    agent_socket: Path | str  # a unix socket's host path, or "tcp:ADDRESS:PORT" (AgentClient takes both)
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +127,11 @@ class Backend:
     async def wait_exit(self, handle: SandboxHandle) -> None:
         """Return when the sandbox's init process has exited (for whatever reason)."""
         raise NotImplementedError
+
+    def exit_reason(self, handle: SandboxHandle) -> str | None:
+        """Why a sandbox whose ``wait_exit`` returned on its own died, if the backend can tell
+        (asked before ``stop``/``cleanup``); None: the manager's generic reason."""
+        return None
 
     async def reap_orphans(self, keep: set[str]) -> list[str]:
         """Free the resources of every sandbox this backend finds on the host whose id is not in ``keep``."""

@@ -604,7 +604,12 @@ class Manager:
             return
         if not lv.ending:
             log.warning("sandbox %s died on its own", lv.record.id)
-            await self._end(lv, State.FAILED, "the sandbox's agent exited (killed from inside or out of memory)")
+            try:
+                why = self.backend.exit_reason(lv.handle)
+            except Exception:
+                log.exception("reading why sandbox %s died", lv.record.id)
+                why = None
+            await self._end(lv, State.FAILED, why or "the sandbox's agent exited (killed from inside or out of memory)")
 
     async def _end(self, lv: Live, state: State, reason: str) -> None:
         """Stop a sandbox now, record why, and free its resources in the background."""
