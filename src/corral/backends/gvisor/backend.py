@@ -303,13 +303,27 @@ class GVisorBackend(NamespaceBackend):
     # ---- running sandboxes ---------------------------------------------------------------
 
     def exit_reason(self, handle: SandboxHandle) -> str | None:
-        disk = Path(handle.state.get("disk") or "")
-        why = runsc.failure_reason(disk / runsc.LOG_DIR) if handle.state.get("disk") else ""
-        if why and ("pids limit" in why or "memory limit" in why or why.startswith(("panic", "fatal"))):
-            return f"the gVisor sandbox (runsc) died: {why}"
+        st = handle.state
+        version = int(st.get("cgroup_version") or self._cg_version or 1)
+        limits = st.get("limits") or {}
+        if _cgroup_event(version, handle.sandbox_id, "memory", "oom_kill"):
+            return (
+                f"the gVisor sandbox ran out of memory (its limit: {limits.get('memory_mb')} MiB plus its "
+                f"{limits.get('disk_mb')} MiB disk) and the host killed it"
+            )
+        why = runsc.failure_reason(Path(st["disk"]) / runsc.LOG_DIR) if st.get("disk") else ""
+        if _cgroup_event(version, handle.sandbox_id, "pids", "max"):
+            return f"the gVisor sandbox hit its pids limit ({limits.get('pids')}) and runsc died: {why or 'no log'}"
         if why:
-            return f"the sandbox's agent exited; runsc says: {why}"
+            return f"the gVisor sandbox (runsc) died: {why}"
         return None
+
+    async def stop(self, handle: SandboxHandle) -> None:
+        await super().stop(handle)
+        if handle.state.get("ip"):
+            # A dead gVisor kernel sends no TCP reset: abort the host's connections to its agent
+            # so that the streams waiting on them end now.
+            await network.run(["ss", "-K", "dst", str(handle.state["ip"])], check=False)
 
     async def cleanup(self, handle: SandboxHandle) -> None:
         sid, st = handle.sandbox_id, handle.state
@@ -319,14 +333,13 @@ class GVisorBackend(NamespaceBackend):
             await self.stop(handle)
         except Exception as e:
             failures.append(f"stop: {e}")
-        try:
-            # SECURITY: runsc's gofer holds the root mount and runsc's state names the sandbox:
-            # both go before the mounts, cgroups and network do.
-            await runsc.delete(root, sid)
-        except Exception as e:
-            failures.append(f"runsc delete: {e}")
-            log.warning("cleanup of sandbox %s: runsc delete failed: %s", sid, e)
-        await _kill_runsc(Path(st.get("dir") or self.run_dir / sid))
+        # SECURITY: the sentry and the gofer are in the sandbox's cgroup, so stop killed them;
+        # whatever runsc process is left for it (one killed from outside leaves its gofer a
+        # moment) goes now: the gofer holds the root mount.
+        if not await _kill_runsc(Path(st.get("dir") or self.run_dir / sid)):
+            failures.append("runsc processes survived SIGKILL")
+        else:
+            runsc.forget(root, sid)
         for d in _runsc_cgroups(sid):
             with contextlib.suppress(OSError):
                 d.rmdir()
@@ -367,8 +380,10 @@ class GVisorBackend(NamespaceBackend):
         return reaped
 
     async def close(self) -> None:
+        """Running sandboxes keep running (a new server reattaches); what none uses goes."""
         if not runsc.list_ids(self.runsc_root):
             with contextlib.suppress(OSError):
+                (self.runsc_root / "proc").rmdir()
                 self.runsc_root.rmdir()
         with contextlib.suppress(OSError):
             if not [p for p in _iterdir(self.run_dir) if p.is_dir()]:
@@ -376,6 +391,28 @@ class GVisorBackend(NamespaceBackend):
                     (self.run_dir / name).unlink(missing_ok=True)
         self._bundle = None
         await super().close()
+        for ctrl in _iterdir(cgroups.CGROUP_ROOT):  # the parents runsc made in other controllers
+            with contextlib.suppress(OSError):
+                (ctrl / cgroups.GROUP).rmdir()
+
+
+def _cgroup_event(version: int, sid: str, controller: str, key: str) -> int:
+    """A counter of the sandbox's cgroup events: memory "oom_kill" (the kernel's OOM killer
+    killed in it), pids "max" (a fork was refused at its limit)."""
+    if version == 2:
+        path = cgroups.cgroup_dirs(2, sid)[0] / f"{controller}.events"
+    else:
+        name = "memory.oom_control" if controller == "memory" else f"{controller}.events"
+        path = cgroups.CGROUP_ROOT / controller / cgroups.GROUP / sid / name
+    try:
+        text = path.read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        k, _, value = line.partition(" ")
+        if k == key and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def _runsc_cgroups(sid: str) -> list[Path]:
@@ -388,7 +425,7 @@ def _runsc_cgroups(sid: str) -> list[Path]:
     return found
 
 
-async def _kill_runsc(sdir: Path) -> None:
+async def _kill_runsc(sdir: Path) -> bool:
     """SIGKILL runsc processes left for this sandbox (their command lines name its bundle): a
     gofer outlives a sentry killed from outside until it notices, and holds the root mount."""
     target = str(sdir / "bundle")
@@ -405,9 +442,10 @@ async def _kill_runsc(sdir: Path) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 5
     while pids and time.monotonic() < deadline:
         pids = [pid for pid in pids if proc_start_time(pid) is not None]
         if pids:
             await asyncio.sleep(0.005)
+    return not pids
 

@@ -24,12 +24,11 @@ TIMEOUT = 30.0
 
 # What a runsc that died says about why, most telling first (its logs are long).
 _FAILURE_PATTERNS = (
-    (re.compile(r"failed to create new OS thread|pthread_create failed|resource temporarily unavailable", re.I),
+    (re.compile(r"failed to create new OS thread|pthread_create failed|initializing first thread: resource "
+                r"temporarily unavailable", re.I),
      "runsc could not create a thread: the sandbox hit its pids limit"),
-    (re.compile(r"out of memory|cannot allocate memory|oom", re.I),
-     "runsc ran out of memory: the sandbox hit its memory limit"),
     (re.compile(r"^(panic: .*|fatal error: .*)$", re.M), None),
-    (re.compile(r"^W\S* .*(?:error|failed).*$", re.M | re.I), None),
+    (re.compile(r"^W\S* .*(?:FATAL|error|failed).*$", re.M | re.I), None),
 )  # fmt: skip
 
 
@@ -103,19 +102,16 @@ async def run_detached(root: Path, bundle: Path, container_id: str, log_dir: Pat
         raise RunscError(f"runsc run left no pid file: {e}") from None
 
 
-async def delete(root: Path, container_id: str) -> None:
-    """``runsc delete --force``: kill what is left of the container and drop its state (and the
-    cgroups runsc made). A container runsc does not know is fine."""
-    if not (root / f"{container_id}_sandbox:{container_id}.state").exists() and not _known(root, container_id):
-        return
-    proc = await asyncio.to_thread(_run, [*base_argv(root), "delete", "--force", container_id], TIMEOUT)
-    if proc.returncode != 0 and _known(root, container_id):
-        err = proc.stderr.decode(errors="replace").strip()[-500:]
-        raise RunscError(f"runsc delete {container_id} failed ({proc.returncode}): {err}")
+def state_files(root: Path, container_id: str) -> list[Path]:
+    """runsc's record of a container: ``<id>_sandbox:<id>.state`` and its ``.lock``."""
+    return [root / f"{container_id}_sandbox:{container_id}.{ext}" for ext in ("state", "lock")]
 
 
-def _known(root: Path, container_id: str) -> bool:
-    return container_id in list_ids(root)
+def forget(root: Path, container_id: str) -> None:
+    """Drop runsc's record of a container whose processes are all gone (what ``runsc delete``
+    does then, minus its second of waiting on a sandbox that is already dead)."""
+    for path in state_files(root, container_id):
+        path.unlink(missing_ok=True)
 
 
 def list_ids(root: Path) -> set[str]:
@@ -143,18 +139,27 @@ def state(root: Path, container_id: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _head(directory: Path, name: str, limit: int) -> str:
+    """The first bytes of a log runsc wrote (root-owned, outside the sandbox's reach)."""
+    try:
+        with open(directory / name, "rb") as f:
+            return f.read(limit).decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def failure_reason(log_dir: Path) -> str:
-    """The most telling line of runsc's logs (a panic, a thread that could not be created, ...)."""
-    texts = [
-        overlay.read_tail(log_dir, name, 16384)
-        for name in ("panic.log", "boot.log", "gofer.log", "run.log", "console.log")
-    ]
-    joined = "\n".join(t for t in texts if t)
+    """The most telling line of runsc's logs (a panic, a fatal error, a warning), or ""."""
+    # A Go panic starts its log (the goroutine dump that follows is long); then the warnings and
+    # errors of each command, most recent last.
+    panic = _head(log_dir, "panic.log", 4096)
+    logs = [overlay.read_tail(log_dir, name, 16384) for name in ("boot.log", "gofer.log", "run.log", "console.log")]
+    joined = "\n".join([panic, *(t for t in logs if t)])
     for pattern, meaning in _FAILURE_PATTERNS:
         m = pattern.search(joined)
         if m:
-            line = joined[joined.rfind("\n", 0, m.start()) + 1 : joined.find("\n", m.end()) % (len(joined) + 1)]
-            line = line.strip()[:300]
+            start = joined.rfind("\n", 0, m.start()) + 1
+            end = joined.find("\n", m.end())
+            line = joined[start : end if end >= 0 else len(joined)].strip()[:300]
             return f"{meaning} ({line})" if meaning else line
-    tail = [line for line in joined.strip().splitlines() if line.strip()]
-    return tail[-1][:300] if tail else ""
+    return ""
