@@ -295,9 +295,12 @@ class GVisorBackend(NamespaceBackend):
         why = runsc.failure_reason(disk / runsc.LOG_DIR)
         if why:
             parts.append(f"runsc: {why}")
-        text = overlay.read_tail(disk / "run", "agent.log", 1500).strip()
-        if text:
-            parts.append(f"agent: {text}")
+        # The agent's stderr before its log took over, then its log (a file the sandbox may have
+        # replaced: read_tail never follows a symlink).
+        for name, directory, fname in (("console", disk / runsc.LOG_DIR, "console.log"), ("agent", disk / "run", "agent.log")):
+            text = overlay.read_tail(directory, fname, 1500).strip()
+            if text:
+                parts.append(f"{name}: {text}")
         return " | ".join(parts) or "no log output"
 
     # ---- running sandboxes ---------------------------------------------------------------
