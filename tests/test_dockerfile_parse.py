@@ -236,5 +236,5 @@ def test_the_isolation_label_names_a_backend(tmp_path: Path) -> None:
     store = TemplateStore(tmp_path / "templates")
     _, config = plan(store, "FROM ghcr.example/img\nLABEL corral.isolation=gvisor\n", tmp_path, {})
     assert config.labels["corral.isolation"] == "gvisor"
-    with pytest.raises(DockerfileError, match="line 3: corral.isolation is one of"):
+    with pytest.raises(DockerfileError, match=r"line 3: corral\.isolation is one of"):
         plan(store, "FROM ghcr.example/img\n\nLABEL corral.isolation=docker\n", tmp_path, {})
