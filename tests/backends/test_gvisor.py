@@ -377,7 +377,7 @@ def test_memory_bomb_is_contained(backend: GVisorBackend, rootfs: Path) -> None:
             sandbox(backend, rootfs, sid("ok")) as other,
         ):
             if await run_until_dead(backend, h, bomb):
-                reason = backend.exit_reason(h)
+                reason = await backend.exit_reason(h)
                 assert reason is not None and "out of memory" in reason, reason
             assert (await AgentClient(other.agent_socket).ping())["ok"]
             await ok(other, "true")
@@ -396,7 +396,7 @@ def test_pids_limit_fails_cleanly(backend: GVisorBackend, rootfs: Path) -> None:
         try:
             died = await run_until_dead(backend, h, "bash -c ':(){ :|:& };:' ; sleep 15", timeout=20)
             if died:
-                reason = backend.exit_reason(h)
+                reason = await backend.exit_reason(h)
                 assert reason is not None and "pids limit" in reason, reason
             else:  # gVisor refused the forks: the sandbox still serves, and stops on demand
                 await ok(h, "true")

@@ -305,7 +305,7 @@ class GVisorBackend(NamespaceBackend):
 
     # ---- running sandboxes ---------------------------------------------------------------
 
-    def exit_reason(self, handle: SandboxHandle) -> str | None:
+    async def exit_reason(self, handle: SandboxHandle) -> str | None:
         st = handle.state
         version = int(st.get("cgroup_version") or self._cg_version or 1)
         limits = st.get("limits") or {}
