@@ -81,13 +81,24 @@ def bare_runsc_echo(rootfs: Path, runs: int) -> dict:
                 )  # fmt: skip
                 config = spec.config(cfg)
                 config["process"]["args"] = ["/bin/echo", "hi"]
-                config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
+                config["linux"]["namespaces"] = [
+                    n for n in config["linux"]["namespaces"] if n["type"] != "network"
+                ]
                 config["linux"]["namespaces"].append({"type": "network"})
                 del config["linux"]["cgroupsPath"]
                 (d / "bundle" / "config.json").write_text(json.dumps(config))
-                argv = [*runsc.base_argv(state), "--network=none", "run", "--bundle", str(d / "bundle"), f"bench-floor-{i}"]
+                argv = [
+                    *runsc.base_argv(state),
+                    "--network=none",
+                    "run",
+                    "--bundle",
+                    str(d / "bundle"),
+                    f"bench-floor-{i}",
+                ]
                 t0 = time.perf_counter()
-                p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                p = subprocess.Popen(
+                    argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+                )
                 assert p.stdout is not None
                 line = p.stdout.readline()
                 t1 = time.perf_counter()
@@ -120,7 +131,9 @@ async def idle_memory(backend: GVisorBackend, rootfs: Path, count: int) -> dict:
     handles = []
     try:
         for _ in range(count):
-            handles.append(await backend.start(SandboxSpec(f"bench-{secrets.token_hex(4)}", rootfs, internet=False)))
+            handles.append(
+                await backend.start(SandboxSpec(f"bench-{secrets.token_hex(4)}", rootfs, internet=False))
+            )
         await asyncio.sleep(2.0)  # idle: the agents settle
         rss = pss = procs = 0
         charged = 0

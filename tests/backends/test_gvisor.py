@@ -177,7 +177,11 @@ def test_identity_and_uid_mapping(backend: GVisorBackend, rootfs: Path) -> None:
             # user writes its home, not /etc; root writes /etc (into the overlay only)
             code, _, err = await sh(h, "touch /etc/nope", user="user")
             assert code != 0 and "Permission denied" in err
-            await ok(h, "echo mine > /home/user/mine && test -O /home/user/mine && ls -l /home/user/mine", user="user")
+            await ok(
+                h,
+                "echo mine > /home/user/mine && test -O /home/user/mine && ls -l /home/user/mine",
+                user="user",
+            )
             await ok(h, "echo x > /etc/root-may")
             upper = Path(h.state["disk"]) / "upper"
             assert (upper / "etc/root-may").stat().st_uid == 100000
@@ -197,7 +201,9 @@ def test_guest_kernel_is_not_the_hosts(backend: GVisorBackend, rootfs: Path) -> 
         async with sandbox(backend, rootfs, sid()) as h:
             release = (await ok(h, "uname -r")).strip()
             assert release and release != os.uname().release
-            assert "gVisor" in await ok(h, "dmesg 2>/dev/null || cat /proc/version; true") or release == "4.4.0"
+            assert (
+                "gVisor" in await ok(h, "dmesg 2>/dev/null || cat /proc/version; true") or release == "4.4.0"
+            )
 
     asyncio.run(main())
 
@@ -227,7 +233,9 @@ def test_host_proc_and_files_unreachable(backend: GVisorBackend, rootfs: Path) -
             assert code != 0 or "pytest" not in out
             # no host mount is visible: gVisor's mount table has the sandbox's own mounts only
             points = {line.split()[4] for line in (await ok(h, "cat /proc/self/mountinfo")).splitlines()}
-            assert not any(p.startswith(("/run/corral-", "/var/lib", "/work", "/sys/fs/cgroup")) for p in points), points
+            assert not any(
+                p.startswith(("/run/corral-", "/var/lib", "/work", "/sys/fs/cgroup")) for p in points
+            ), points
 
     try:
         asyncio.run(main())
@@ -276,7 +284,9 @@ def test_sandboxes_are_isolated_from_each_other(backend: GVisorBackend, rootfs: 
 
 
 def test_internet_switch_and_host_unreachable(
-    backend: GVisorBackend, rootfs: Path, outside: tuple[str, int]  # noqa: F811
+    backend: GVisorBackend,
+    rootfs: Path,
+    outside: tuple[str, int],  # noqa: F811
 ) -> None:
     ns, port = outside
     import http.server
@@ -325,8 +335,12 @@ def test_internet_switch_and_host_unreachable(
 
 def test_configure_writes_limits(backend: GVisorBackend, rootfs: Path) -> None:
     async def main() -> None:
-        async with sandbox(backend, rootfs, sid(), Limits(cpu_count=1, memory_mb=256, disk_mb=32, pids=200)) as h:
-            await backend.configure(h, Limits(cpu_count=0.5, memory_mb=300, disk_mb=48, pids=150), internet=False)
+        async with sandbox(
+            backend, rootfs, sid(), Limits(cpu_count=1, memory_mb=256, disk_mb=32, pids=200)
+        ) as h:
+            await backend.configure(
+                h, Limits(cpu_count=0.5, memory_mb=300, disk_mb=48, pids=150), internet=False
+            )
             version = h.state["cgroup_version"]
             dirs = cgroups.cgroup_dirs(version, h.sandbox_id)
             if version == 1:

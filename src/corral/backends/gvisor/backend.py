@@ -86,7 +86,10 @@ class GVisorBackend(NamespaceBackend):
             shutil.rmtree(root, ignore_errors=True)
         if r.returncode != 0:
             err = (r.stderr or b"").decode(errors="replace").strip().splitlines()
-            return Probe(False, f"runsc cannot run a sandbox here ({runsc.PLATFORM} platform): {err[-1] if err else r.returncode}")
+            return Probe(
+                False,
+                f"runsc cannot run a sandbox here ({runsc.PLATFORM} platform): {err[-1] if err else r.returncode}",
+            )
         return Probe(True)
 
     async def _ensure_ready(self) -> None:
@@ -198,7 +201,9 @@ class GVisorBackend(NamespaceBackend):
                 raise
             raise errors.SandboxFailedError(f"sandbox {sid} failed to start: {reason}") from e
 
-    async def _start(self, spec_: SandboxSpec, handle: SandboxHandle, addr: network.Addresses) -> SandboxHandle:
+    async def _start(
+        self, spec_: SandboxSpec, handle: SandboxHandle, addr: network.Addresses
+    ) -> SandboxHandle:
         sid, st = spec_.sandbox_id, handle.state
         sdir = Path(st["dir"])
         t0 = time.perf_counter()
@@ -210,7 +215,10 @@ class GVisorBackend(NamespaceBackend):
         fw = asyncio.ensure_future(network.set_internet(st["veth"], spec_.internet))
         try:
             overlay.mount_rootfs(
-                [Path(p) for p in spec_.lower_dirs()], sdir / "disk", sdir / "root", spec_.limits.disk_mb,
+                [Path(p) for p in spec_.lower_dirs()],
+                sdir / "disk",
+                sdir / "root",
+                spec_.limits.disk_mb,
                 upper_dir=spec_.upper_dir,
             )
             log_dir = sdir / "disk" / runsc.LOG_DIR
@@ -283,7 +291,9 @@ class GVisorBackend(NamespaceBackend):
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.02)
         try:
-            await AgentClient(handle.agent_socket, connect_timeout=max(1.0, deadline - time.monotonic())).ping()
+            await AgentClient(
+                handle.agent_socket, connect_timeout=max(1.0, deadline - time.monotonic())
+            ).ping()
         except errors.CorralError as e:
             raise errors.SandboxFailedError(
                 f"sandbox {handle.sandbox_id} failed to start: the agent does not answer: {e}; {self._failure_log(handle)}"
@@ -297,7 +307,10 @@ class GVisorBackend(NamespaceBackend):
             parts.append(f"runsc: {why}")
         # The agent's stderr before its log took over, then its log (a file the sandbox may have
         # replaced: read_tail never follows a symlink).
-        for name, directory, fname in (("console", disk / runsc.LOG_DIR, "console.log"), ("agent", disk / "run", "agent.log")):
+        for name, directory, fname in (
+            ("console", disk / runsc.LOG_DIR, "console.log"),
+            ("agent", disk / "run", "agent.log"),
+        ):
             text = overlay.read_tail(directory, fname, 1500).strip()
             if text:
                 parts.append(f"{name}: {text}")
@@ -363,9 +376,10 @@ class GVisorBackend(NamespaceBackend):
         await self._ensure_ready()
         ids = set()
         for p in _iterdir(self.run_dir):
-            if p.is_dir() and not p.is_symlink() and ID_RE.match(p.name):
-                if self._load_state(p.name).get("backend", self.name) == self.name:
-                    ids.add(p.name)
+            if not (p.is_dir() and not p.is_symlink() and ID_RE.match(p.name)):
+                continue
+            if self._load_state(p.name).get("backend", self.name) == self.name:  # the run dir is shared
+                ids.add(p.name)
         ids |= runsc.list_ids(self.runsc_root)
         await network.remove_stale_policies()
         reaped = []
@@ -440,7 +454,11 @@ async def _kill_runsc(sdir: Path) -> bool:
             cmdline = (p / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmdline and os.path.basename(cmdline[0]) == b"runsc" and any(target.encode() in a for a in cmdline):
+        if (
+            cmdline
+            and os.path.basename(cmdline[0]) == b"runsc"
+            and any(target.encode() in a for a in cmdline)
+        ):
             pids.append(int(p.name))
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -451,4 +469,3 @@ async def _kill_runsc(sdir: Path) -> bool:
         if pids:
             await asyncio.sleep(0.005)
     return not pids
-

@@ -51,7 +51,10 @@ def build(cache_dir: Path) -> Path | None:
         src, out = Path(tmp) / "shim.c", Path(tmp) / name
         src.write_text(SOURCE)
         r = subprocess.run(
-            [cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(src)], capture_output=True, text=True, timeout=60
+            [cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(src)],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if r.returncode != 0:
             log.warning("cannot build the gVisor statx shim: %s", r.stderr.strip()[-300:])

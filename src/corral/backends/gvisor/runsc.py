@@ -41,7 +41,7 @@ _FAILURE_PATTERNS = (
 def hide_net_sysctls(proc_dir: Path) -> list[str]:
     script = (
         f"mount -t proc corral-proc {proc_dir} && "
-        "mount -t tmpfs -o size=4k,mode=0555 corral-hide /proc/sys/net && exec \"$@\""
+        'mount -t tmpfs -o size=4k,mode=0555 corral-hide /proc/sys/net && exec "$@"'
     )
     return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh"]
 
@@ -95,7 +95,9 @@ async def run_detached(root: Path, bundle: Path, container_id: str, log_dir: Pat
     finally:
         os.close(fd)
     if proc.returncode != 0:
-        raise RunscError(f"runsc run failed ({proc.returncode}): {failure_reason(log_dir) or 'no log output'}")
+        raise RunscError(
+            f"runsc run failed ({proc.returncode}): {failure_reason(log_dir) or 'no log output'}"
+        )
     try:
         return int(pid_file.read_text().strip())
     except (OSError, ValueError) as e:
@@ -153,7 +155,10 @@ def failure_reason(log_dir: Path) -> str:
     # A Go panic starts its log (the goroutine dump that follows is long); then the warnings and
     # errors of each command, most recent last.
     panic = _head(log_dir, "panic.log", 4096)
-    logs = [overlay.read_tail(log_dir, name, 16384) for name in ("boot.log", "gofer.log", "run.log", "console.log")]
+    logs = [
+        overlay.read_tail(log_dir, name, 16384)
+        for name in ("boot.log", "gofer.log", "run.log", "console.log")
+    ]
     joined = "\n".join([panic, *(t for t in logs if t)])
     for pattern, meaning in _FAILURE_PATTERNS:
         m = pattern.search(joined)

@@ -157,10 +157,14 @@ def config(cfg: BundleConfig) -> dict[str, Any]:
             "uidMappings": ids,
             "gidMappings": ids,
             "namespaces": [
-                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "user"},
+                {"type": "pid"},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
+                {"type": "user"},
                 # SECURITY: the sandbox's own netns (veth + nftables made by namespace/network.py).
                 {"type": "network", "path": str(cfg.netns)},
-            ],  # fmt: skip
+            ],
             "resources": resources(cfg.limits),
             "cgroupsPath": cgroups_path(cfg),
             "maskedPaths": [],
