@@ -208,45 +208,49 @@ class GVisorBackend(NamespaceBackend):
         sdir = Path(st["dir"])
         t0 = time.perf_counter()
         cg = cgroups.SandboxCgroup(self._cg_version or 1, sid)
-        # SECURITY: made and limited before runsc starts; runsc joins it (spec.cgroups_path).
+        # SECURITY: made and limited before runsc starts, and runsc is started in it.
         cg.create()
         cg.set_limits(self._cgroup_limits(spec_.limits))
-        net = asyncio.ensure_future(network.create(sid, addr))
-        fw = asyncio.ensure_future(network.set_internet(st["veth"], spec_.internet))
+        bundle, log_dir = sdir / "bundle", sdir / "disk" / runsc.LOG_DIR
+        launcher = runsc.Launcher(self.runsc_root, bundle, sid, log_dir, cg.procs_files())
         try:
-            overlay.mount_rootfs(
-                [Path(p) for p in spec_.lower_dirs()],
-                sdir / "disk",
-                sdir / "root",
-                spec_.limits.disk_mb,
-                upper_dir=spec_.upper_dir,
-            )
-            log_dir = sdir / "disk" / runsc.LOG_DIR
-            log_dir.mkdir(mode=0o700)
-            (sdir / "resolv.conf").write_text(network.resolv_conf())
-            (sdir / "hosts").write_text(network.hosts_file(sid))
-            cfg = spec.BundleConfig(
-                sandbox_id=sid, root=sdir / "root", netns=network.netns_path(sid), agent_dir=sdir / "disk" / "run",
-                agent_path=self.agent_path, address=addr.sandbox, host_address=addr.host, port=AGENT_TCP_PORT,
-                resolv_conf=sdir / "resolv.conf", hosts=sdir / "hosts", limits=spec_.limits,
-                cgroup_version=self._cg_version or 1, agent_bundle=self._agent_bundle(),
-                ca_bundle=self._sandbox_bundle if (Path(spec_.template_dir) / CA_BUNDLE_INSIDE).is_file() else None,
-                shim=self._shim, preload=self._preload,
-            )  # fmt: skip
-            bundle = sdir / "bundle"
-            bundle.mkdir(mode=0o700)
-            (bundle / "config.json").write_text(json.dumps(spec.config(cfg)))
-            self._save_state(handle)
+            spawn = asyncio.ensure_future(launcher.spawn())
+            net = asyncio.ensure_future(network.create(sid, addr))
+            fw = asyncio.ensure_future(network.set_internet(st["veth"], spec_.internet))
+            try:
+                overlay.mount_rootfs(
+                    [Path(p) for p in spec_.lower_dirs()],
+                    sdir / "disk",
+                    sdir / "root",
+                    spec_.limits.disk_mb,
+                    upper_dir=spec_.upper_dir,
+                )
+                log_dir.mkdir(mode=0o700)
+                (sdir / "resolv.conf").write_text(network.resolv_conf())
+                (sdir / "hosts").write_text(network.hosts_file(sid))
+                cfg = spec.BundleConfig(
+                    sandbox_id=sid, root=sdir / "root", netns=network.netns_path(sid), agent_dir=sdir / "disk" / "run",
+                    agent_path=self.agent_path, address=addr.sandbox, host_address=addr.host, port=AGENT_TCP_PORT,
+                    resolv_conf=sdir / "resolv.conf", hosts=sdir / "hosts", limits=spec_.limits,
+                    cgroup_version=self._cg_version or 1, agent_bundle=self._agent_bundle(),
+                    ca_bundle=self._sandbox_bundle if (Path(spec_.template_dir) / CA_BUNDLE_INSIDE).is_file() else None,
+                    shim=self._shim, preload=self._preload,
+                )  # fmt: skip
+                bundle.mkdir(mode=0o700)
+                (bundle / "config.json").write_text(json.dumps(spec.config(cfg)))
+                self._save_state(handle)
+            finally:
+                results = await asyncio.gather(spawn, net, fw, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+            t1 = time.perf_counter()
+            try:
+                pid = await launcher.run()
+            except runsc.RunscError as e:
+                raise errors.SandboxFailedError(f"sandbox {sid} failed to start: {e}") from None
         finally:
-            results = await asyncio.gather(net, fw, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        t1 = time.perf_counter()
-        try:
-            pid = await runsc.run_detached(self.runsc_root, bundle, sid, log_dir)
-        except runsc.RunscError as e:
-            raise errors.SandboxFailedError(f"sandbox {sid} failed to start: {e}") from None
+            await asyncio.to_thread(launcher.abort)
         st["pid"], st["start_time"] = pid, proc_start_time(pid)
         self._save_state(handle)
         t2 = time.perf_counter()
@@ -266,7 +270,7 @@ class GVisorBackend(NamespaceBackend):
         st = handle.state
         host, port = st["ip"], AGENT_TCP_PORT
         deadline = time.monotonic() + READY_TIMEOUT
-        delay = 0.002
+        delay = 0.001
         while True:
             try:
                 # A short connect timeout: a SYN sent before gVisor's network stack took over the
@@ -289,7 +293,7 @@ class GVisorBackend(NamespaceBackend):
                     f"{self._failure_log(handle)}"
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.02)
+            delay = min(delay * 1.5, 0.005)  # a refused connection costs a SYN and a RST on the veth
         try:
             await AgentClient(
                 handle.agent_socket, connect_timeout=max(1.0, deadline - time.monotonic())

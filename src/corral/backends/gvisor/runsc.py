@@ -7,6 +7,7 @@ sandbox's own disk (``<disk>/log``), so a sandbox that floods them fills only it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -30,20 +31,6 @@ _FAILURE_PATTERNS = (
     (re.compile(r"^(panic: .*|fatal error: .*)$", re.M), None),
     (re.compile(r"^W\S* .*(?:FATAL|error|failed).*$", re.M | re.I), None),
 )  # fmt: skip
-
-
-# runsc 20221219 refuses a network namespace in which /proc/sys/net/core/rmem_default exists,
-# taking it for the host's; recent kernels show that file in every netns. So runsc runs in a
-# mount namespace of its own where /proc/sys/net is an empty tmpfs (a mount on /proc/sys/net/core
-# would not hold once runsc joins the sandbox's netns). The gofer mounts a new proc in its user
-# namespace, which the kernel allows only while some proc mount is fully visible: a second,
-# uncovered proc mount (on the runsc root's proc/ dir, in that mount namespace only) is one.
-def hide_net_sysctls(proc_dir: Path) -> list[str]:
-    script = (
-        f"mount -t proc corral-proc {proc_dir} && "
-        'mount -t tmpfs -o size=4k,mode=0555 corral-hide /proc/sys/net && exec "$@"'
-    )
-    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh"]
 
 
 class RunscError(RuntimeError):
@@ -75,33 +62,99 @@ def _run(argv: list[str], timeout: float, stdout: int | None = None) -> subproce
     )
 
 
-async def run_detached(root: Path, bundle: Path, container_id: str, log_dir: Path) -> int:
-    """``runsc run --detach``: create and start the container; return the sandbox process's pid.
+# The shell that becomes runsc. Forked early, it joins the sandbox's cgroups (each join waits
+# for an RCU grace period, 5-15 ms here) while the caller makes the netns and the root, then waits
+# for "go" on its stdin: the sentry, the gofer and the ptrace stubs runsc forks are in the
+# sandbox's cgroups from their first instruction. runsc finds them made (cgroupsPath), sizes the
+# sandbox's memory from their limit and makes only the controllers corral does not use.
+#
+# runsc 20221219 refuses a network namespace in which /proc/sys/net/core/rmem_default exists,
+# taking it for the host's; recent kernels show that file in every netns. So runsc runs in a mount
+# namespace of its own where /proc/sys/net is an empty tmpfs (a mount on /proc/sys/net/core would
+# not hold once runsc joins the sandbox's netns). The gofer mounts a new proc in its user
+# namespace, which the kernel allows only while some proc mount is fully visible: a second,
+# uncovered proc mount (on the runsc root's proc/ dir, in that mount namespace only) is one.
+_HIDE = (
+    'mount -t proc corral-proc "$CORRAL_PROC" || exit 124\n'
+    "mount -t tmpfs -o size=4k,mode=0555 corral-hide /proc/sys/net || exit 124\n"
+    'exec "$@"\n'
+)
+# The mount namespace is made after "go": made earlier, it would miss the netns mount that the
+# caller makes meanwhile under /run/netns.
+_LAUNCH = (
+    'for f in $CORRAL_CGROUPS; do echo $$ > "$f" || exit 126; done\n'
+    'read go; [ "$go" = go ] || exit 125\n'
+    'exec >>"$CORRAL_CONSOLE" 2>&1 </dev/null\n'
+    'exec unshare --mount --propagation private -- /bin/sh -c "$CORRAL_HIDE" sh "$@"\n'
+)
+
+
+class Launcher:
+    """``runsc run --detach`` of a bundle, forked early into the sandbox's cgroups (see _LAUNCH).
 
     The container's stdout and stderr (the agent's, before its own log takes over) go to
     ``<log_dir>/console.log``.
     """
-    pid_file = bundle / "runsc.pid"
-    (root / "proc").mkdir(mode=0o500, exist_ok=True)
-    argv = [
-        *hide_net_sysctls(root / "proc"), *base_argv(root, log_dir),
-        "run", "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id,
-    ]  # fmt: skip
-    fd = os.open(log_dir / "console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    try:
-        proc = await asyncio.to_thread(_run, argv, TIMEOUT, fd)
-    except subprocess.TimeoutExpired:
-        raise RunscError(f"runsc run did not return within {TIMEOUT:.0f} s") from None
-    finally:
-        os.close(fd)
-    if proc.returncode != 0:
-        raise RunscError(
-            f"runsc run failed ({proc.returncode}): {failure_reason(log_dir) or 'no log output'}"
-        )
-    try:
-        return int(pid_file.read_text().strip())
-    except (OSError, ValueError) as e:
-        raise RunscError(f"runsc run left no pid file: {e}") from None
+
+    def __init__(
+        self, root: Path, bundle: Path, container_id: str, log_dir: Path, cgroup_procs: list[str]
+    ) -> None:
+        self.root, self.bundle, self.log_dir = root, bundle, log_dir
+        self.pid_file = bundle / "runsc.pid"
+        argv = [*base_argv(root, log_dir), "run", "--detach"]
+        argv += ["--bundle", str(bundle), "--pid-file", str(self.pid_file), container_id]
+        self.argv = ["/bin/sh", "-c", _LAUNCH, "sh", *argv]
+        self.env = {
+            "PATH": EXEC_PATH, "LC_ALL": "C", "CORRAL_CGROUPS": " ".join(cgroup_procs),
+            "CORRAL_CONSOLE": str(log_dir / "console.log"), "CORRAL_PROC": str(root / "proc"), "CORRAL_HIDE": _HIDE,
+        }  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def spawn(self) -> None:
+        (self.root / "proc").mkdir(mode=0o500, exist_ok=True)
+        # SECURITY: root's process until it execs runsc (which drops what it does not need).
+        self.proc = await asyncio.to_thread(
+            subprocess.Popen, self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env=self.env, close_fds=True, start_new_session=True,
+        )  # fmt: skip
+
+    async def run(self) -> int:
+        """Let runsc go; return the sandbox (sentry) process's pid once the container runs."""
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None
+        try:
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            # proc.wait() blocks in waitpid; with a timeout it would poll every 50 ms instead.
+            code = await asyncio.wait_for(asyncio.shield(asyncio.to_thread(proc.wait)), TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            raise RunscError(f"runsc run did not return within {TIMEOUT:.0f} s") from None
+        if code in (124, 125, 126):
+            raise RunscError(f"runsc's launcher failed ({code}): cgroups or mounts")
+        if code != 0:
+            raise RunscError(f"runsc run failed ({code}): {failure_reason(self.log_dir) or 'no log output'}")
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError) as e:
+            raise RunscError(f"runsc run left no pid file: {e}") from None
+
+    def abort(self) -> None:
+        """Make a launcher that was never let go exit (idempotent)."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if proc.stdin is not None and not proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # read gets EOF: exit 125
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def state_files(root: Path, container_id: str) -> list[Path]:

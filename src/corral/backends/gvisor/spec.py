@@ -90,8 +90,8 @@ def agent_args(cfg: BundleConfig) -> list[str]:
 
 
 def cgroups_path(cfg: BundleConfig) -> str:
-    # The same cgroup as a namespace sandbox's (cgroups.py makes and limits it before runsc
-    # starts; runsc joins a cgroup that exists and leaves its limits and its removal to us).
+    # The same cgroup as a namespace sandbox's (cgroups.py makes and limits it; runsc is started
+    # in it with --ignore-cgroups, so this only tells runsc's tools where the sandbox is).
     return f"/{cgroups.GROUP}/{cfg.sandbox_id}"
 
 
@@ -143,7 +143,18 @@ def config(cfg: BundleConfig) -> dict[str, Any]:
             # SECURITY: the docker-like set of the namespace backend (held inside gVisor's own
             # kernel; the host sees only runsc's processes).
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps, "inheritable": []},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
+            "rlimits": [
+                {"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576},
+                # SECURITY: the sandbox's memory is runsc's: at the cgroup's limit the host's OOM
+                # killer would end the whole sandbox. No process inside may map more than that
+                # limit, so one greedy process gets ENOMEM (MemoryError) instead. Without
+                # CAP_SYS_RESOURCE nothing inside can raise it.
+                {
+                    "type": "RLIMIT_AS",
+                    "hard": cgroups.memory_bytes(cfg.limits),
+                    "soft": cgroups.memory_bytes(cfg.limits),
+                },
+            ],
             "noNewPrivileges": True,
         },
         # SECURITY: the overlay (the template read-only below, the sandbox's tmpfs above).
