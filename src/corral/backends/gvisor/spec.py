@@ -91,7 +91,7 @@ def agent_args(cfg: BundleConfig) -> list[str]:
 
 def cgroups_path(cfg: BundleConfig) -> str:
     # The same cgroup as a namespace sandbox's (cgroups.py makes and limits it; runsc is started
-    # in it with --ignore-cgroups, so this only tells runsc's tools where the sandbox is).
+    # in it, finds it made and uses it as is: it neither sets its limits nor removes it).
     return f"/{cgroups.GROUP}/{cfg.sandbox_id}"
 
 
