@@ -7,6 +7,7 @@ Everything is skipped, with the probe's reason, on a host where runsc cannot run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -522,3 +523,49 @@ def test_sandbox_outlives_its_server_process(gv_run_dir: Path, rootfs: Path) -> 
         assert proc_start_time(int(state["pid"])) is None
 
     asyncio.run(main())
+
+
+# ---- through a real server -----------------------------------------------------------------
+
+
+def _sentry_pid(sandbox_id: str) -> int:
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmdline = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmdline[0] == b"runsc-sandbox" and any(f"/{sandbox_id}/bundle".encode() in a for a in cmdline):
+                return int(p.name)
+    raise AssertionError(f"no runsc-sandbox process for {sandbox_id}")
+
+
+@pytest.mark.timeout(240)
+def test_server_marks_a_crashed_runsc_failed_and_keeps_serving(corral_server: Any) -> None:
+    """A runsc killed from outside, and one that panics at its pids limit: each sandbox is marked
+    failed with the reason, its resources are freed, and the server goes on serving."""
+    from corral import Sandbox
+    from helpers import assert_clean, wait_until
+
+    conn = {"api_url": corral_server.url, "api_key": corral_server.api_key}
+    killed = Sandbox.create(isolation="gvisor", **conn)
+    bomb = Sandbox.create(isolation="gvisor", **conn)
+    try:
+        os.kill(_sentry_pid(killed.sandbox_id), signal.SIGKILL)
+        wait_until(lambda: killed.get_info().state == "failed", timeout=30, what="the killed sandbox failed")
+        assert killed.get_info().reason
+        # A fork bomb: this runsc panics when the host refuses its ptrace stubs a thread.
+        with contextlib.suppress(Exception):
+            bomb.commands.run("bash -c ':(){ :|:& };:'; sleep 60", timeout=90)
+        wait_until(
+            lambda: bomb.get_info().state == "failed", timeout=90, what="the fork-bombed sandbox failed"
+        )
+        reason = bomb.get_info().reason or ""
+        assert "pids limit" in reason, reason
+        assert_clean(corral_server.run_dir, {killed.sandbox_id, bomb.sandbox_id}, timeout=30)
+        with Sandbox.create(isolation="gvisor", **conn) as fresh:  # the server keeps serving
+            assert fresh.commands.run("echo alive").stdout == "alive\n"
+    finally:
+        for s in (killed, bomb):
+            with contextlib.suppress(Exception):
+                s.kill()
