@@ -79,7 +79,7 @@ class GVisorBackend(NamespaceBackend):
         root = Path(f"/run/corral-gvisor-probe-{os.getpid()}")
         try:
             argv = [*runsc.base_argv(root), "--network=none", "do", "--root=/", "true"]
-            r = runsc._run(argv, 30)
+            r = runsc.run_command(argv, 30)
         except Exception as e:
             return Probe(False, f"runsc cannot run a sandbox here: {e}")
         finally:

@@ -1,4 +1,4 @@
-"""The runsc command line: starting, deleting and listing containers, and reading why one died.
+"""The runsc command line: starting containers, listing and forgetting them, reading why one died.
 
 Every container of a backend lives in one runsc state dir (``--root``); its logs go to the
 sandbox's own disk (``<disk>/log``), so a sandbox that floods them fills only its own quota.
@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from ..namespace import overlay
 
@@ -50,7 +48,9 @@ def base_argv(root: Path, log_dir: Path | None = None) -> list[str]:
     return argv
 
 
-def _run(argv: list[str], timeout: float, stdout: int | None = None) -> subprocess.CompletedProcess[bytes]:
+def run_command(
+    argv: list[str], timeout: float, stdout: int | None = None
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         argv,
         stdin=subprocess.DEVNULL,
@@ -181,17 +181,6 @@ def list_ids(root: Path) -> set[str]:
         if m:
             ids.add(m.group(2))
     return ids
-
-
-def state(root: Path, container_id: str) -> dict[str, Any] | None:
-    proc = _run([*base_argv(root), "state", container_id], 10)
-    if proc.returncode != 0:
-        return None
-    try:
-        data = json.loads(proc.stdout)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _head(directory: Path, name: str, limit: int) -> str:
