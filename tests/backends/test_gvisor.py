@@ -55,7 +55,10 @@ def gv_run_dir() -> Iterator[Path]:
     path = Path(f"/run/corral-test-gv-{secrets.token_hex(4)}")
     yield path
     left = [p.name for p in path.iterdir() if p.is_dir()] if path.exists() else []
+    runsc_root = path.with_name(path.name + ".runsc")
+    left += [f"runsc state {p.name}" for p in runsc_root.glob("*.state")]
     shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(runsc_root, ignore_errors=True)
     assert left == [], f"left in the run dir: {left}"
 
 

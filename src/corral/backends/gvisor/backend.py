@@ -11,7 +11,7 @@ nftables chain, DNS filter and egress proxy. Per sandbox, on the host::
         resolv.conf hosts  bound read-only into the sandbox
         disk/              tmpfs (size = disk quota): upper/ work/ run/ (agent.log), log/ (runsc's)
         root/              overlay: the sandbox's /
-    <run>/.runsc/          runsc's state (--root), one file per container
+    <run>.runsc/           runsc's state (--root), one file per container; proc/ (an empty mount point)
     /run/netns/corral-<id>, veth crl<hash>, cgroup(s) corral/<id>
 
 The agent listens on ``tcp:<sandbox address>:49982`` and accepts only the host's end of the veth.
@@ -49,7 +49,7 @@ from . import compat, runsc, spec
 log = logging.getLogger("corral.backends.gvisor")
 
 READY_TIMEOUT = 15.0
-RUNSC_ROOT = ".runsc"  # <run>/.runsc (not a sandbox id: ids start with a letter or digit)
+RUNSC_ROOT_SUFFIX = ".runsc"  # <run>.runsc, beside the run dir (which holds sandbox dirs only)
 SHIM = "gvisor-compat.so"  # <run>/gvisor-compat.so, copied from the data dir's build
 
 
@@ -58,7 +58,7 @@ class GVisorBackend(NamespaceBackend):
 
     def __init__(self, run_dir: Path = Path("/run/corral-gvisor"), **kwargs: Any) -> None:
         super().__init__(run_dir=run_dir, **kwargs)
-        self.runsc_root = self.run_dir / RUNSC_ROOT
+        self.runsc_root = self.run_dir.with_name(self.run_dir.name + RUNSC_ROOT_SUFFIX)
         self._shim: Path | None = None
         self._preload: Path | None = None
         self._bundle: tuple[float, Path] | None = None  # (agent mtime, compiled agent file)
@@ -107,8 +107,6 @@ class GVisorBackend(NamespaceBackend):
             try:
                 self.run_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
                 overlay.ensure_run_tmpfs(self.run_dir)
-                # SECURITY: runsc's state (its control of every sandbox) is root's alone.
-                self.runsc_root.mkdir(mode=0o700, exist_ok=True)
                 await network.init_firewall(self.subnet)
                 if self.ca_bundle is not None:
                     self._sandbox_bundle = await asyncio.to_thread(self._write_sandbox_bundle, self.ca_bundle)
@@ -164,6 +162,9 @@ class GVisorBackend(NamespaceBackend):
                 raise errors.TemplateNotFoundError(f"template dir {lower} not found")
         await self._ensure_ready()
         sdir = self.run_dir / sid
+        # SECURITY: runsc's state (its control of every sandbox) is root's alone. Made on first
+        # use: a server that runs no gVisor sandbox leaves nothing of runsc's behind.
+        self.runsc_root.mkdir(mode=0o700, exist_ok=True)
         try:
             sdir.mkdir(mode=0o700)
         except FileExistsError:
