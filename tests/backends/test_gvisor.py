@@ -572,3 +572,32 @@ def test_server_marks_a_crashed_runsc_failed_and_keeps_serving(corral_server: An
         for s in (killed, bomb):
             with contextlib.suppress(Exception):
                 s.kill()
+
+
+def test_a_shared_run_dir_each_backend_reaps_its_own(gv_run_dir: Path, rootfs: Path) -> None:
+    """The manager gives every backend the same run dir: a reap by one never touches the other's."""
+    from corral.backends.namespace.backend import NamespaceBackend
+
+    async def main() -> None:
+        gv, ns = GVisorBackend(run_dir=gv_run_dir), NamespaceBackend(run_dir=gv_run_dir)
+        g = await gv.start(SandboxSpec(sid("shared-g"), rootfs))
+        n = await ns.start(SandboxSpec(sid("shared-n"), rootfs))
+        try:
+            assert await ns.reap_orphans({n.sandbox_id}) == []  # the gVisor sandbox is not namespace's
+            assert await gv.reap_orphans({g.sandbox_id}) == []  # nor the other way round
+            assert await gv.is_alive(g) and await ns.is_alive(n)
+            assert (await AgentClient(g.agent_socket).ping())["ok"] and (
+                await AgentClient(n.agent_socket).ping()
+            )["ok"]
+            assert await gv.reap_orphans(set()) == [g.sandbox_id]
+            assert await ns.reap_orphans(set()) == [n.sandbox_id]
+            assert (
+                gv_leftovers(gv, g.sandbox_id, g.state) == [] and leftovers(ns, n.sandbox_id, n.state) == []
+            )
+        finally:
+            await gv.cleanup(g)
+            await ns.cleanup(n)
+            await gv.close()
+            await ns.close()
+
+    asyncio.run(main())
