@@ -404,9 +404,9 @@ class GVisorBackend(NamespaceBackend):
     async def close(self) -> None:
         """Running sandboxes keep running (a new server reattaches); what none uses goes."""
         if not runsc.list_ids(self.runsc_root):
-            with contextlib.suppress(OSError):
-                (self.runsc_root / "proc").rmdir()
-                self.runsc_root.rmdir()
+            for d in (self.runsc_root / "proc", self.runsc_root):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
         with contextlib.suppress(OSError):
             if not [p for p in _iterdir(self.run_dir) if p.is_dir()]:
                 for name in (SHIM, "ld.so.preload", "agent.bundle"):
