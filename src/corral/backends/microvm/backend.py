@@ -287,9 +287,11 @@ class MicroVMBackend(NamespaceBackend):
 
         await AgentClient(handle.agent_socket).ping()
         t3 = time.perf_counter()
+        resumed = st.pop("resumed_at", None)
         st["timings_ms"] = self.last_timings = {
-            "assets": round((t1 - t0) * 1000, 2),
-            "vm": round((t2 - t1) * 1000, 2),
+            "prepare": round((t1 - t0) * 1000, 2),  # disk, network, cgroup
+            **({"qemu_restore": round((resumed - t1) * 1000, 2)} if resumed else {}),
+            "guest_ready": round((t2 - (resumed or t1)) * 1000, 2),  # boot or identity, to CORRAL-OK
             "agent_ping": round((t3 - t2) * 1000, 2),
         }
         st["restored"] = snap is not None
@@ -306,6 +308,7 @@ class MicroVMBackend(NamespaceBackend):
         await console.connect(cfg.console)
         if restore:
             await asyncio.to_thread(_wait_resumed, cfg.qmp)
+            handle.state["resumed_at"] = time.perf_counter()
         else:
             line = await console.wait_for("CORRAL-BOOTED")
             if not line.startswith("CORRAL-BOOTED"):
@@ -379,6 +382,8 @@ class MicroVMBackend(NamespaceBackend):
     async def wait_exit(self, handle: SandboxHandle) -> None:
         await super().wait_exit(handle)
         pid = handle.state.get("pid")
+        if pid:
+            self._reap(int(pid))  # a zombie already when we looked: the base class left it
         if pid and int(pid) in self._exit_status:
             handle.state["exit_status"] = self._exit_status.pop(int(pid))
 
