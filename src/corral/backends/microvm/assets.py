@@ -76,11 +76,11 @@ class AssetError(RuntimeError):
     pass
 
 
-def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
-    p = subprocess.run(argv, capture_output=True, **kw)  # type: ignore[call-overload]
+def _run(argv: list[str], cwd: Path | None = None, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    p = subprocess.run(argv, capture_output=True, cwd=cwd, input=input)
     if p.returncode != 0:
         raise AssetError(f"{' '.join(argv[:3])} failed ({p.returncode}): {p.stderr.decode(errors='replace')[-500:]}")
-    return p  # type: ignore[no-any-return]
+    return p
 
 
 # ---- kernel ------------------------------------------------------------------------------------

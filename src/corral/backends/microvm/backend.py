@@ -208,7 +208,7 @@ class MicroVMBackend(NamespaceBackend):
                 "accel": self.accel,
             })  # fmt: skip
             self._save_state(handle)
-            return await self._start(spec, handle, addr, image, empty, disk, snap, t0)
+            return await self._start_vm(spec, handle, addr, image, empty, disk, snap, t0)
         except BaseException as e:
             reason = str(e) if isinstance(e, errors.SandboxFailedError) else f"{type(e).__name__}: {e}"
             with contextlib.suppress(Exception):
@@ -217,7 +217,7 @@ class MicroVMBackend(NamespaceBackend):
                 raise
             raise errors.SandboxFailedError(f"sandbox {sid} failed to start: {reason}") from e
 
-    async def _start(
+    async def _start_vm(
         self, spec: SandboxSpec, handle: SandboxHandle, addr: network.Addresses, image: Path, empty: Path,
         disk: Path, snap: snapshot.Snapshot | None, t0: float,
     ) -> SandboxHandle:  # fmt: skip

@@ -120,7 +120,7 @@ def _save(qmp_path: Path, out: Path) -> None:
     q = qemu.QMP(qmp_path, timeout=120)
     try:
         q.command("stop")
-        q.command("migrate-set-parameters", **{"max-bandwidth": 2**40})
+        q.command("migrate-set-parameters", None, **{"max-bandwidth": 2**40})
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             q.command("getfd", fds=[fd], fdname="snapshot")
