@@ -13,7 +13,7 @@ E2B_CI_OLD_VERSION := 2.0.0
 E2B_OLD_VENV := .venv-e2b-old
 JS_COMPAT := tests/compat/js
 
-.PHONY: setup apt node venv e2b-sdks template serve test bench bench-templates lint spec clean-test
+.PHONY: setup apt node venv e2b-sdks template serve test bench bench-backends bench-templates lint spec clean-test
 
 setup: apt venv template
 
@@ -63,6 +63,11 @@ test: setup e2b-sdks
 
 bench: setup
 	CORRAL_TEMPLATES_DIR=$(DATA_DIR)/templates $(BIN)/python -m bench
+	CORRAL_TEMPLATES_DIR=$(DATA_DIR)/templates $(BIN)/python -m bench.backends
+
+# Every isolation backend side by side: create -> first output, idle memory, floors (issue 7).
+bench-backends: setup
+	CORRAL_TEMPLATES_DIR=$(DATA_DIR)/templates $(BIN)/python -m bench.backends
 
 # Template builds and starts (issue 4): builds a 1 GiB template once (kept; BENCH_KEEP=0 deletes it).
 bench-templates: setup

@@ -71,6 +71,7 @@ class ServerProcess:
             CORRAL_TEMPLATES_DIR=str(TEMPLATES_DIR),
             CORRAL_POOL_SIZE=str(self.pool_size),
             CORRAL_LOG_LEVEL="info",
+            CORRAL_ISOLATION="namespace",  # the conformance suite asks for the other backends by name
             **self.extra_env,
         )
         return env
@@ -151,7 +152,7 @@ def leftovers(run_dir: Path, sandbox_ids: set[str] | None = None) -> dict[str, l
                     cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 except OSError:
                     continue
-                if "bwrap" in cmdline and any(i in cmdline for i in sandbox_ids):
+                if any(i in cmdline for i in sandbox_ids) and int(p.name) != os.getpid():
                     procs.append(f"{p.name}: {cmdline[:120]}")
         found["processes"] = procs
     return {k: v for k, v in found.items() if v}

@@ -230,3 +230,11 @@ def test_garbage_collection_waits_for_no_build_of_any_server(tmp_path: Path) -> 
         assert store.collect_garbage() == [] and orphan.is_dir()
     trash = store.collect_garbage()
     assert len(trash) == 1 and not orphan.exists() and (trash[0] / "diff").is_dir()
+
+
+def test_the_isolation_label_names_a_backend(tmp_path: Path) -> None:
+    store = TemplateStore(tmp_path / "templates")
+    _, config = plan(store, "FROM ghcr.example/img\nLABEL corral.isolation=gvisor\n", tmp_path, {})
+    assert config.labels["corral.isolation"] == "gvisor"
+    with pytest.raises(DockerfileError, match=r"line 3: corral\.isolation is one of"):
+        plan(store, "FROM ghcr.example/img\n\nLABEL corral.isolation=docker\n", tmp_path, {})

@@ -64,22 +64,32 @@ class CreateSandbox(Strict):
     memory_mb: int | None = Field(None, ge=32)
     disk_mb: int | None = Field(None, ge=16)
     internet: bool = True
+    isolation: Literal["namespace", "gvisor", "microvm", "auto"] | None = Field(
+        None,
+        description="The backend: namespace (shared kernel), gvisor (a user-space kernel), microvm (a VM), or auto"
+        " (the strongest that works here); default: the template's (LABEL corral.isolation), else the server's.",
+    )
     public_ports: bool = Field(
-        True, description="Servers inside are reachable through the port URLs without a token; false asks for its traffic_token."
+        True,
+        description="Servers inside are reachable through the port URLs without a token; false asks for its traffic_token.",
     )
     allow_out: list[str] = Field(
         default_factory=list,
         description="IPv4 addresses or CIDRs, or domain names (example.com, *.example.com), always reachable, internet on or off.",
     )
     deny_out: list[str] = Field(
-        default_factory=list, description="IPv4 addresses or CIDRs, or domain names, refused (allow_out wins)."
+        default_factory=list,
+        description="IPv4 addresses or CIDRs, or domain names, refused (allow_out wins).",
     )
     secrets: list[str] = Field(
-        default_factory=list, max_length=64,
+        default_factory=list,
+        max_length=64,
         description="Names of registered secrets: each is an env var holding a placeholder inside.",
     )
 
-    _destinations = field_validator("allow_out", "deny_out")(classmethod(lambda cls, v: _check_destinations(v)))
+    _destinations = field_validator("allow_out", "deny_out")(
+        classmethod(lambda cls, v: _check_destinations(v))
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -110,12 +120,27 @@ class SandboxInfo(BaseModel):
     memory_mb: int
     disk_mb: int
     internet: bool
+    isolation: str = Field("namespace", description="The backend the sandbox runs on.")
     reason: str | None = None
     public_ports: bool = True
-    domain: str = Field("localhost", description="Port URLs are <port>-<sandbox id>.<domain> on the API's port.")
+    domain: str = Field(
+        "localhost", description="Port URLs are <port>-<sandbox id>.<domain> on the API's port."
+    )
     traffic_token: str | None = Field(
         None, description="What the port URLs of a sandbox with public_ports=false ask for (header or query)."
     )
+
+
+class BackendInfo(BaseModel):
+    name: str
+    works: bool = Field(..., description="Whether sandboxes can run on it on this host.")
+    reason: str = Field("", description="Why it does not work here, or how it works (e.g. TCG: slow).")
+    auto: bool = Field(..., description="Whether isolation=auto may pick it (works and fit for production).")
+    default: bool = Field(..., description="The server's default backend.")
+
+
+class BackendList(BaseModel):
+    backends: list[BackendInfo]
 
 
 class SandboxList(BaseModel):
@@ -137,19 +162,26 @@ class RunCommand(Strict):
 class RunCode(Strict):
     code: str = Field(..., max_length=512 * 1024)
     language: str | None = Field(
-        None, max_length=32, description="python (default), javascript, typescript, bash or r; not with context_id."
+        None,
+        max_length=32,
+        description="python (default), javascript, typescript, bash or r; not with context_id.",
     )
     context_id: str | None = Field(None, max_length=64, description="A context from POST .../code/contexts.")
     envs: dict[str, str] = Field(default_factory=dict, description="Environment variables for this run only.")
     timeout: float | None = Field(
-        None, gt=0, le=86400, description="Seconds; the kernel is interrupted and the context keeps its state."
+        None,
+        gt=0,
+        le=86400,
+        description="Seconds; the kernel is interrupted and the context keeps its state.",
     )
 
     _envs = field_validator("envs")(classmethod(lambda cls, v: _check_envs(v)))
 
 
 class CreateCodeContext(Strict):
-    language: str | None = Field(None, max_length=32, description="python (default), javascript, typescript, bash or r.")
+    language: str | None = Field(
+        None, max_length=32, description="python (default), javascript, typescript, bash or r."
+    )
     cwd: str | None = Field(None, max_length=4096, description="Absolute path; /home/user by default.")
 
 
@@ -161,13 +193,19 @@ class CodeContext(BaseModel):
 
 class CodeContextList(BaseModel):
     contexts: list[CodeContext]
-    languages: list[str] = Field(default_factory=list, description="The languages this sandbox's template has.")
+    languages: list[str] = Field(
+        default_factory=list, description="The languages this sandbox's template has."
+    )
 
 
 class CreateSecret(Strict):
-    name: str = Field(..., min_length=1, max_length=128, description="Also the env var name inside sandboxes.")
+    name: str = Field(
+        ..., min_length=1, max_length=128, description="Also the env var name inside sandboxes."
+    )
     value: str = Field(..., min_length=1, max_length=8192)
-    allowed_hosts: list[str] = Field(..., min_length=1, max_length=64, description="example.com or *.example.com")
+    allowed_hosts: list[str] = Field(
+        ..., min_length=1, max_length=64, description="example.com or *.example.com"
+    )
 
 
 class SecretInfo(BaseModel):
@@ -185,7 +223,9 @@ class UpdateNetwork(Strict):
     allow_out: list[str] | None = Field(None, description="Replaces the list; unchanged when left out.")
     deny_out: list[str] | None = Field(None, description="Replaces the list; unchanged when left out.")
 
-    _destinations = field_validator("allow_out", "deny_out")(classmethod(lambda cls, v: _check_destinations(v)))
+    _destinations = field_validator("allow_out", "deny_out")(
+        classmethod(lambda cls, v: _check_destinations(v))
+    )
 
 
 class BlockedDestination(BaseModel):
@@ -199,7 +239,9 @@ class NetworkInfo(BaseModel):
     allow_out: list[str]
     deny_out: list[str]
     blocked: int = Field(..., description="Packets refused by the egress rules.")
-    blocked_destinations: list[BlockedDestination] = Field(..., description="Where they were going (last 1024).")
+    blocked_destinations: list[BlockedDestination] = Field(
+        ..., description="Where they were going (last 1024)."
+    )
     bytes_out: int
     bytes_in: int
 
@@ -207,7 +249,9 @@ class NetworkInfo(BaseModel):
 class PortInfo(BaseModel):
     port: int
     url: str = Field(..., description="Host-based: <port>-<sandbox id>.<domain>.")
-    path_url: str = Field(..., description="Path-based: /v1/sandboxes/{id}/ports/{port}/ on the API's own address.")
+    path_url: str = Field(
+        ..., description="Path-based: /v1/sandboxes/{id}/ports/{port}/ on the API's own address."
+    )
 
 
 class PortList(BaseModel):
@@ -235,7 +279,9 @@ class CreatePty(Strict):
     cols: int = Field(..., ge=1, le=1000, description="Terminal width in columns.")
     rows: int = Field(..., ge=1, le=1000, description="Terminal height in rows.")
     cmd: str | None = Field(
-        None, min_length=1, max_length=256 * 1024,
+        None,
+        min_length=1,
+        max_length=256 * 1024,
         description="A command line run with `bash -l -c`; null runs an interactive login bash.",
     )
     envs: dict[str, str] = Field(default_factory=dict)
@@ -300,7 +346,9 @@ class FileUrlRequest(Strict):
     path: str = Field(..., min_length=1, max_length=4096)
     user: str = Field("user", pattern=r"^[a-z_][a-z0-9_-]*$", max_length=32)
     operation: Literal["download", "upload"]
-    expires_in: int = Field(3600, ge=1, le=7 * 24 * 3600, description="Seconds the URL stays valid (at most 7 days).")
+    expires_in: int = Field(
+        3600, ge=1, le=7 * 24 * 3600, description="Seconds the URL stays valid (at most 7 days)."
+    )
 
 
 class FileUrl(BaseModel):

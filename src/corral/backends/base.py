@@ -69,7 +69,8 @@ class Usage:
 @dataclass(frozen=True)
 class Probe:
     ok: bool
-    reason: str = ""
+    reason: str = ""  # why it does not work; or, when it works, a note (e.g. "TCG: slow")
+    production: bool = True  # works well enough for ``auto`` to pick it (a TCG microVM does not)
 
 
 class Backend:
@@ -106,7 +107,9 @@ class Backend:
         """CPU, memory and disk use of a running sandbox, read from the host (not from inside)."""
         raise NotImplementedError
 
-    async def set_network(self, handle: SandboxHandle, internet: bool, allow: list[str], deny: list[str]) -> None:
+    async def set_network(
+        self, handle: SandboxHandle, internet: bool, allow: list[str], deny: list[str]
+    ) -> None:
         """Egress: internet on or off; destinations (IPv4 addresses or CIDRs) always allowed, or refused
         (counted, with their address and port). Applied to a running sandbox at once."""
         raise NotImplementedError
@@ -127,6 +130,11 @@ class Backend:
     async def wait_exit(self, handle: SandboxHandle) -> None:
         """Return when the sandbox's init process has exited (for whatever reason)."""
         raise NotImplementedError
+
+    async def exit_reason(self, handle: SandboxHandle) -> str | None:
+        """Why a sandbox whose ``wait_exit`` returned is gone, when the backend can tell
+        (e.g. "runsc panicked: ..."); None: the manager's generic reason."""
+        return None
 
     async def reap_orphans(self, keep: set[str]) -> list[str]:
         """Free the resources of every sandbox this backend finds on the host whose id is not in ``keep``."""

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from corral import __version__
-from corral.cli import code, cp, exec, sandbox, serve, shell, template
+from corral.cli import backends, code, cp, exec, sandbox, serve, shell, template
 from corral.cli.common import connection_options
 from corral.errors import CorralError
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"corral {__version__}")
     nouns = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (serve, sandbox, exec, code, cp, shell, template):
+    for module in (serve, sandbox, backends, exec, code, cp, shell, template):
         module.add_parser(nouns)
     return parser
 

@@ -24,6 +24,10 @@ def add_parser(nouns: Any) -> None:
     create.add_argument("--memory", type=int, dest="memory_mb", help="memory limit in MiB")
     create.add_argument("--disk", type=int, dest="disk_mb", help="writable layer size in MiB")
     create.add_argument("--no-internet", action="store_true", help="no outbound network")
+    create.add_argument(
+        "--isolation", choices=("namespace", "gvisor", "microvm", "auto"),
+        help="the backend (default: the template's, else the server's); `corral backends` lists them",
+    )  # fmt: skip
     create.add_argument("--json", action="store_true", help="print the sandbox's info as JSON")
     create.set_defaults(func=create_cmd)
 
@@ -53,6 +57,7 @@ def create_cmd(args: argparse.Namespace) -> int:
         memory_mb=args.memory_mb,
         disk_mb=args.disk_mb,
         internet=not args.no_internet,
+        isolation=args.isolation,
         **connection(args),
     )
     try:
@@ -129,5 +134,6 @@ def _describe(info: SandboxInfo) -> list[tuple[str, str]]:
         ("memory", f"{info.memory_mb} MiB"),
         ("disk", f"{info.disk_mb} MiB"),
         ("internet", "yes" if info.internet else "no"),
+        ("isolation", info.isolation),
         ("metadata", ", ".join(f"{k}={v}" for k, v in sorted(info.metadata.items())) or "-"),
     ]

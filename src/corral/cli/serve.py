@@ -11,7 +11,11 @@ def add_parser(nouns: Any) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 49982; 0 picks a free one)")
     p.add_argument("--data-dir", help="templates, SQLite store and API key (default /var/lib/corral)")
-    p.add_argument("--isolation", help="isolation backend: auto or namespace")
+    p.add_argument(
+        "--isolation",
+        choices=("auto", "namespace", "gvisor", "microvm"),
+        help="default isolation backend (auto: the strongest that works here)",
+    )
     p.set_defaults(func=run)
 
 

@@ -96,7 +96,9 @@ class Builds:
                 async for chunk in chunks:
                     received += len(chunk)
                     if received > ctx.MAX_CONTEXT_BYTES:
-                        raise errors.PayloadTooLargeError(f"a build context is at most {ctx.MAX_CONTEXT_BYTES} bytes")
+                        raise errors.PayloadTooLargeError(
+                            f"a build context is at most {ctx.MAX_CONTEXT_BYTES} bytes"
+                        )
                     f.write(chunk)
             tree = work / "tree"
             tree.mkdir()
@@ -124,7 +126,9 @@ class Builds:
         try:
             name, tag = split_ref(f"{req.name}:{req.tag}")
             if name in RECIPES or (self.store.root / name / "current.json").exists():
-                raise errors.InvalidRequestError(f"template name {name!r} is taken by a built-in (recipe) template")
+                raise errors.InvalidRequestError(
+                    f"template name {name!r} is taken by a built-in (recipe) template"
+                )
             steps, config = await asyncio.to_thread(self._plan, req, None)
             image = next((st.image for st in steps if st.inst.keyword == "FROM"), None)
             if image is not None and not req.no_cache and (pulled := self._pulled(image)) is not None:
@@ -145,8 +149,12 @@ class Builds:
         build.task = asyncio.get_running_loop().create_task(self._run(build))
         return build
 
-    def _plan(self, req: BuildRequest, images: dict[str, tuple[str, TemplateConfig]] | None) -> tuple[list[Step], TemplateConfig]:
-        return plan(self.store, req.dockerfile, req.context, req.build_args, req.start_cmd, req.ready_cmd, images)
+    def _plan(
+        self, req: BuildRequest, images: dict[str, tuple[str, TemplateConfig]] | None
+    ) -> tuple[list[Step], TemplateConfig]:
+        return plan(
+            self.store, req.dockerfile, req.context, req.build_args, req.start_cmd, req.ready_cmd, images
+        )
 
     def _pulled(self, image: str, key: str | None = None) -> tuple[str, TemplateConfig] | None:
         """(layer key, inherited config) of an image pulled before (the one pinned to ``image``)."""
@@ -217,7 +225,9 @@ class Builds:
             for index in range(total):
                 step = build.steps[index]  # (the list is re-planned once a FROM image is pulled)
                 started = time.monotonic()
-                await self._emit(build, {"type": "step", "step": step.number, "total": total, "instruction": step.text})
+                await self._emit(
+                    build, {"type": "step", "step": step.number, "total": total, "instruction": step.text}
+                )
                 cached = await self._step(build, step, lowers, all_cached)
                 all_cached = all_cached and cached
                 await self._emit(build, {"type": "step_end", "step": step.number, "cached": cached,
@@ -243,7 +253,13 @@ class Builds:
             held.close()
             build.record.update(status=status, error=error, template=template, finished_at=time.time())
             self.store.save_build(build.record)
-            end = {"type": "end", "status": status, "build_id": build.build_id, "error": error, "template": template}
+            end = {
+                "type": "end",
+                "status": status,
+                "build_id": build.build_id,
+                "error": error,
+                "template": template,
+            }
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._emit(build, end))
             build.done = True
@@ -278,7 +294,9 @@ class Builds:
                 await self._run_step(build, step, lowers, scratch)
             else:
                 await asyncio.to_thread(self._file_step, build, step, lowers, scratch)
-            layer = self.store.commit_layer(scratch, step.key, {"step": step.text, "build_id": build.build_id})
+            layer = self.store.commit_layer(
+                scratch, step.key, {"step": step.text, "build_id": build.build_id}
+            )
         if layer["diff"] is not None:
             lowers.append(layer["diff"])
         return False
@@ -293,13 +311,17 @@ class Builds:
         loop = asyncio.get_running_loop()
 
         def say(line: str) -> None:
-            asyncio.run_coroutine_threadsafe(self._emit(build, {"type": "log", "step": step.number, "data": line}), loop)
+            asyncio.run_coroutine_threadsafe(
+                self._emit(build, {"type": "log", "step": step.number, "data": line}), loop
+            )
 
         with self.store.new_layer(digest("pull", step.image)) as scratch:
             image_digest, inherited = await asyncio.to_thread(oci.pull, step.image, scratch / "diff", say)
             key = digest("image", image_digest)
             layer = self.store.commit_layer(
-                scratch, key, {"step": step.text, "image": step.image, "digest": image_digest, "config": inherited}
+                scratch,
+                key,
+                {"step": step.text, "image": step.image, "digest": image_digest, "config": inherited},
             )
         self.store.pin_image(step.image, key)
         assert layer["diff"] is not None
@@ -316,13 +338,16 @@ class Builds:
                 fsops.make_dirs(root, step.path, 0, 0)
             else:
                 uid, gid = fsops.ids(root, step.chown)
-                fsops.copy_in(root, build.request.context, step.entries, step.sources, step.dest, uid, gid, step.chmod)
+                fsops.copy_in(
+                    root, build.request.context, step.entries, step.sources, step.dest, uid, gid, step.chmod
+                )
         (scratch / "merged").rmdir()
 
     async def _run_step(self, build: Build, step: Step, lowers: list[Path], scratch: Path) -> None:
         from .service import new_sandbox_id
 
-        backend = self.manager.backend
+        # RUN steps run on namespaces whatever the server's default: the layer is the overlay's upper dir.
+        backend = self.manager.backends.get("namespace")
         spec = SandboxSpec(
             sandbox_id=new_sandbox_id(), template_dir=lowers[0], layers=tuple(lowers[1:]), limits=BUILD_LIMITS,
             internet=True, upper_dir=scratch / "diff",
@@ -358,7 +383,8 @@ class Builds:
             if code != 0 or end.get("error"):
                 why = f"exit code {code}" + (f" ({end['error']})" if end.get("error") else "")
                 raise errors.BuildFailedError(
-                    f"step {step.number}/{len(build.steps)} `{step.text}` failed with {why}:\n" + "\n".join(tail),
+                    f"step {step.number}/{len(build.steps)} `{step.text}` failed with {why}:\n"
+                    + "\n".join(tail),
                     step=step.number,
                 )
         finally:
@@ -380,4 +406,6 @@ def _user_name(lowers: list[Path], user: str) -> str:
                 if len(cols) > 2 and cols[2] == user:
                     return cols[0]
             break
-    raise errors.BuildFailedError(f"USER {user}: the image has no account with that uid (add one in a RUN step)")
+    raise errors.BuildFailedError(
+        f"USER {user}: the image has no account with that uid (add one in a RUN step)"
+    )

@@ -21,6 +21,7 @@ from ..templates import dockerfile as df
 from ..templates.oci import is_image_ref
 from ..templates.recipes import RECIPES
 from ..templates.store import Resolved, TemplateConfig, TemplateStore, digest
+from .backends import ISOLATION_LABEL, ISOLATIONS
 
 LAYER_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")
 
@@ -95,7 +96,9 @@ def plan(
         elif k == "FROM":
             words = df.substitute(inst.args, global_args).split()
             if len(words) not in (1, 3) or (len(words) == 3 and words[1].lower() != "as"):
-                raise DockerfileError(f"line {inst.line}: FROM takes an image or template [AS name]", line=inst.line)
+                raise DockerfileError(
+                    f"line {inst.line}: FROM takes an image or template [AS name]", line=inst.line
+                )
             ref = words[0]
             step.text = f"FROM {ref}"
             try:
@@ -126,7 +129,9 @@ def plan(
             srcs, dest = df.paths(inst, values)
             if k == "ADD" and any("://" in s for s in srcs):
                 raise UnsupportedInstructionError(
-                    f"line {inst.line}: ADD of a URL is not supported (download it in a RUN step)", instruction="ADD", line=inst.line
+                    f"line {inst.line}: ADD of a URL is not supported (download it in a RUN step)",
+                    instruction="ADD",
+                    line=inst.line,
                 )
             step.sources = ctx.sources(context, srcs, ignore, inst.line)
             step.entries = [ctx.entries(context, s, ignore) for s in step.sources]
@@ -143,7 +148,9 @@ def plan(
                 try:
                     step.chmod = int(inst.flags["chmod"], 8)
                 except ValueError:
-                    raise DockerfileError(f"line {inst.line}: --chmod takes an octal mode", line=inst.line) from None
+                    raise DockerfileError(
+                        f"line {inst.line}: --chmod takes an octal mode", line=inst.line
+                    ) from None
             fp = ctx.fingerprint(context, [r for group in step.entries for r in group])
             step.text = f"{k} {' '.join(srcs)} {dest}"
             key = digest(key, k, step.sources, step.dest, step.chown, step.chmod, fp)
@@ -151,6 +158,12 @@ def plan(
             config.env.update(df.key_values(inst, values))
         elif k == "LABEL":
             config.labels.update(df.key_values(inst, values))
+            isolation = config.labels.get(ISOLATION_LABEL)
+            if isolation is not None and isolation not in ISOLATIONS:
+                raise DockerfileError(
+                    f"line {inst.line}: {ISOLATION_LABEL} is one of {', '.join(ISOLATIONS)}, not {isolation!r}",
+                    line=inst.line,
+                )
         elif k == "WORKDIR":
             step.path = _join(config.workdir, df.substitute(inst.args, values))
             config.workdir = step.path

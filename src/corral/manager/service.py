@@ -28,6 +28,7 @@ from ..settings import Settings
 from ..store import SandboxRecord, Store
 from ..templates.store import Resolved, TemplateStore, split_ref
 from . import metrics
+from .backends import ISOLATION_LABEL, BackendInfo, BackendSet
 from .builds import Builds
 from .pool import Pool
 from .readiness import start_and_wait_ready
@@ -50,6 +51,7 @@ class Live:
     record: SandboxRecord
     handle: SandboxHandle
     agent: AgentClient
+    backend: Backend
     timer: asyncio.TimerHandle | None = None
     watcher: asyncio.Task[None] | None = None
     ending: bool = False
@@ -59,9 +61,9 @@ class Live:
 
 
 class Manager:
-    def __init__(self, settings: Settings, backend: Backend, store: Store) -> None:
+    def __init__(self, settings: Settings, backends: BackendSet, store: Store) -> None:
         self.settings = settings
-        self.backend = backend
+        self.backends = backends
         self.store = store
         self.secrets = SecretStore(settings.data_dir / "secrets.json")
         self.live: dict[str, Live] = {}
@@ -73,24 +75,41 @@ class Manager:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Manager:
-        """The manager with the store and the backend that the settings name."""
-        from ..backends import load_backend
-
-        backend = load_backend(
+        """The manager with the store and the backends, the default one named by the settings."""
+        backends = BackendSet(
             settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet,
             ca_bundle=settings.ca_bundle, dns_upstream=settings.dns_upstream,
         )  # fmt: skip
-        return cls(settings, backend, Store(settings.db_path))
+        return cls(settings, backends, Store(settings.db_path))
+
+    @property
+    def backend(self) -> Backend:
+        """The server's default backend (what the warm pool fills)."""
+        return self.backends.get(self.backends.default_name)
 
     # ----------------------------------------------------------------- lifecycle of the service
 
     async def start(self) -> None:
         """Reattach to sandboxes that survived a restart, reap the rest, then warm the pool."""
+        infos = await asyncio.to_thread(self.backends.infos)  # probes each backend once (a VM boot, maybe)
+        for other in infos:
+            log.info("backend %s: %s%s", other.name, "works" if other.works else "does not work",
+                     f" ({other.reason})" if other.reason else "")  # fmt: skip
+        info = self.backends.info(self.backends.default_name)
+        log.info(
+            "isolation: %s by default%s%s", info.name, " (auto)" if self.settings.isolation == "auto" else "",
+            f"; {info.reason}" if info.reason else "",
+        )  # fmt: skip
         keep: set[str] = set()
         for rec in self.store.list(states=[s.value for s in LIVE], limit=100000):
-            handle = self.backend.handle_from_state(rec.id, rec.backend_state)
+            try:
+                backend = self.backends.get(rec.backend)
+            except errors.CorralError:
+                self._transition(rec, State.FAILED, f"its backend {rec.backend!r} is unknown to this server")
+                continue
+            handle = backend.handle_from_state(rec.id, rec.backend_state)
             alive = False
-            if rec.state == State.RUNNING and await self.backend.is_alive(handle):
+            if rec.state == State.RUNNING and await backend.is_alive(handle):
                 try:
                     await AgentClient(handle.agent_socket).ping()
                     alive = True
@@ -101,27 +120,36 @@ class Manager:
                 if not rec.url_secret:  # a record from before signed file URLs
                     rec.url_secret = secrets.token_hex(32)
                     self.store.update(rec.id, url_secret=rec.url_secret)
-                lv = self._adopt(rec, handle)
+                lv = self._adopt(rec, handle, backend)
                 with contextlib.suppress(errors.CorralError):  # a template deleted meanwhile: no default cwd
                     lv.workdir = self.templates.resolve(rec.template).config.workdir
                 policy, names = handle.state.get("policy"), handle.state.get("secrets")
                 # Rules by name and secrets need this server's DNS resolver and proxy: applied again.
                 with contextlib.suppress(errors.CorralError, OSError, RuntimeError):
                     if policy:
-                        await self.backend.set_network(handle, rec.internet, policy["allow"], policy["deny"])
+                        await backend.set_network(handle, rec.internet, policy["allow"], policy["deny"])
                     if names:
                         rules = [SecretRule(s.placeholder, s.value, s.hosts) for s in self.secrets.get(names)]
-                        await self.backend.set_secrets(handle, rules)
+                        await backend.set_secrets(handle, rules)
                 self.store.add_event(rec.id, "reattached")
                 log.info("reattached sandbox %s", rec.id)
             else:
-                await self._safe_cleanup(handle)
-                self._transition(rec, State.FAILED, "lost while the server was down; its resources were reaped")
-        reaped = await self.backend.reap_orphans(keep)
+                await self._safe_cleanup(handle, backend)
+                self._transition(
+                    rec, State.FAILED, "lost while the server was down; its resources were reaped"
+                )
+        reaped = []
+        for name in self.backends.names_to_reap():
+            try:
+                reaped += await self.backends.get(name).reap_orphans(keep)
+            except Exception:
+                log.exception("reaping the orphans of the %s backend", name)
         abandoned = await asyncio.to_thread(self.templates.remove_abandoned)
         abandoned += await asyncio.to_thread(self.templates.fail_abandoned_builds)
         if abandoned:
-            log.info("cleaned up after %d template builds that died: %s", len(abandoned), ", ".join(abandoned))
+            log.info(
+                "cleaned up after %d template builds that died: %s", len(abandoned), ", ".join(abandoned)
+            )
         if reaped:
             log.info("reaped %d orphaned sandboxes: %s", len(reaped), ", ".join(reaped))
         self.pool.start()
@@ -137,7 +165,7 @@ class Manager:
         )
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        await self.backend.close()
+        await self.backends.close()
 
     # ----------------------------------------------------------------- sandbox actions
 
@@ -155,36 +183,52 @@ class Manager:
         )
         running = sum(1 for lv in self.live.values() if not lv.ending)
         if running >= s.max_sandboxes:
-            raise errors.LimitExceededError(f"{running} sandboxes are running, the maximum is {s.max_sandboxes}")
+            raise errors.LimitExceededError(
+                f"{running} sandboxes are running, the maximum is {s.max_sandboxes}"
+            )
         template = self.templates.resolve(req.template)
+        backend = self.backends.choose(req.isolation or template.config.labels.get(ISOLATION_LABEL))
         granted = self.secrets.get(req.secrets) if req.secrets else []
         started = time.perf_counter()
-        handle = await self.pool.claim(req.template, template)
+        handle = await self.pool.claim(req.template, template) if backend is self.backend else None
         if handle is None:
             sandbox_id = new_sandbox_id()
             spec = SandboxSpec(
                 sandbox_id=sandbox_id, template_dir=template.template_dir, layers=template.layers, limits=limits,
                 internet=req.internet,
             )  # fmt: skip
-            handle = await self.backend.start(spec)
+            handle = await backend.start(spec)
         else:
             sandbox_id = handle.sandbox_id
         now = time.time()
         rec = SandboxRecord(
-            id=sandbox_id, template=req.template, state=State.RUNNING, backend=self.backend.name,
-            created_at=now, end_at=now + timeout, cpu_count=limits.cpu_count, memory_mb=limits.memory_mb,
-            disk_mb=limits.disk_mb, internet=req.internet, metadata=dict(req.metadata), envs=dict(req.envs),
-            backend_state=handle.state, url_secret=secrets.token_hex(32), public_ports=req.public_ports,
+            id=sandbox_id,
+            template=req.template,
+            state=State.RUNNING,
+            backend=backend.name,
+            created_at=now,
+            end_at=now + timeout,
+            cpu_count=limits.cpu_count,
+            memory_mb=limits.memory_mb,
+            disk_mb=limits.disk_mb,
+            internet=req.internet,
+            metadata=dict(req.metadata),
+            envs=dict(req.envs),
+            backend_state=handle.state,
+            url_secret=secrets.token_hex(32),
+            public_ports=req.public_ports,
         )
-        lv = self._adopt(rec, handle)
+        lv = self._adopt(rec, handle, backend)
         lv.workdir = template.config.workdir
         try:
-            await self.backend.configure(handle, limits, req.internet)
+            await backend.configure(handle, limits, req.internet)
             if req.allow_out or req.deny_out:
-                await self.backend.set_network(handle, req.internet, req.allow_out, req.deny_out)
+                await backend.set_network(handle, req.internet, req.allow_out, req.deny_out)
             if granted:
                 handle.state["secrets"] = [s.name for s in granted]
-                await self.backend.set_secrets(handle, [SecretRule(s.placeholder, s.value, s.hosts) for s in granted])
+                await backend.set_secrets(
+                    handle, [SecretRule(s.placeholder, s.value, s.hosts) for s in granted]
+                )
             envs = {**template.config.env, **{s.name: s.placeholder for s in granted}, **req.envs}
             if envs:
                 await lv.agent.configure(envs=envs, hostname=sandbox_id)
@@ -192,13 +236,19 @@ class Manager:
                 await start_and_wait_ready(lv.agent, template, self.settings.ready_timeout)
         except BaseException:
             self.live.pop(sandbox_id, None)
-            await self._safe_cleanup(handle)
+            await self._safe_cleanup(handle, backend)
             raise
         self.store.insert(rec)
-        self.store.add_event(sandbox_id, "created", template=req.template, pooled=handle.state.get("pooled", False))
+        self.store.add_event(
+            sandbox_id, "created", template=req.template, pooled=handle.state.get("pooled", False)
+        )
         metrics.CREATED.inc()
         metrics.CREATE_SECONDS.observe(time.perf_counter() - started)
         return rec
+
+    async def backend_infos(self) -> builtins.list[BackendInfo]:
+        """Each backend: whether it works on this host and why not, which is the default."""
+        return await asyncio.to_thread(self.backends.infos)
 
     def get(self, sandbox_id: str) -> SandboxRecord:
         lv = self.live.get(sandbox_id)
@@ -209,7 +259,9 @@ class Manager:
             raise errors.SandboxNotFoundError(f"sandbox {sandbox_id!r} does not exist")
         return rec
 
-    def list(self, states: list[str] | None = None, metadata: dict[str, str] | None = None) -> list[SandboxRecord]:
+    def list(
+        self, states: list[str] | None = None, metadata: dict[str, str] | None = None
+    ) -> list[SandboxRecord]:
         for st in states or []:
             if st not in State.__members__.values():
                 raise errors.InvalidRequestError(f"unknown state {st!r}; states are {', '.join(State)}")
@@ -223,7 +275,9 @@ class Manager:
 
     async def set_timeout(self, sandbox_id: str, timeout: int) -> SandboxRecord:
         if timeout > self.settings.max_timeout:
-            raise errors.InvalidRequestError(f"timeout {timeout} s is over the maximum of {self.settings.max_timeout} s")
+            raise errors.InvalidRequestError(
+                f"timeout {timeout} s is over the maximum of {self.settings.max_timeout} s"
+            )
         lv = self._running(sandbox_id)
         lv.record.end_at = time.time() + timeout
         self.store.update(sandbox_id, end_at=lv.record.end_at)
@@ -235,16 +289,21 @@ class Manager:
         """What a running sandbox uses now: CPU (percent of its quota since the previous call, or
         since it started), memory and disk in bytes."""
         lv = self._running(sandbox_id)
-        u = await self.backend.usage(lv.handle)
+        u = await lv.backend.usage(lv.handle)
         now = time.time()
         since, cpu_before = lv.cpu_sample or (lv.record.created_at, 0.0)
         lv.cpu_sample = (now, u.cpu_seconds)
         # Processes that exited since take their CPU time with them: never below zero.
         pct = max(0.0, u.cpu_seconds - cpu_before) / max(now - since, 1e-3) / lv.record.cpu_count * 100
         return {
-            "time": now, "cpu_count": lv.record.cpu_count, "cpu_used_pct": round(min(pct, 100.0), 2),
-            "memory_used": u.memory_used, "memory_cache": u.memory_cache, "memory_limit": u.memory_limit,
-            "disk_used": u.disk_used, "disk_total": u.disk_total,
+            "time": now,
+            "cpu_count": lv.record.cpu_count,
+            "cpu_used_pct": round(min(pct, 100.0), 2),
+            "memory_used": u.memory_used,
+            "memory_cache": u.memory_cache,
+            "memory_limit": u.memory_limit,
+            "disk_used": u.disk_used,
+            "disk_total": u.disk_total,
         }
 
     async def kill(self, sandbox_id: str) -> None:
@@ -265,7 +324,11 @@ class Manager:
     async def delete_template(self, ref: str) -> None:
         """Remove a Dockerfile-built template (refused while a sandbox runs from it)."""
         name, tag = split_ref(ref)
-        users = [lv.record.id for lv in self.live.values() if not lv.ending and _same_template(lv.record.template, name, tag)]
+        users = [
+            lv.record.id
+            for lv in self.live.values()
+            if not lv.ending and _same_template(lv.record.template, name, tag)
+        ]
         if users:
             raise errors.TemplateInUseError(
                 f"template {name}:{tag} is used by {len(users)} running sandbox(es): {', '.join(sorted(users)[:5])}"
@@ -283,8 +346,14 @@ class Manager:
         lv = self._running(sandbox_id)
         metrics.COMMANDS.inc()
         stream = lv.agent.exec(
-            cmd="/bin/bash", args=["-l", "-c", req.cmd], envs=req.envs, cwd=req.cwd or lv.workdir, user=req.user,
-            timeout=req.timeout or None, stdin=req.stdin, tag=req.tag,
+            cmd="/bin/bash",
+            args=["-l", "-c", req.cmd],
+            envs=req.envs,
+            cwd=req.cwd or lv.workdir,
+            user=req.user,
+            timeout=req.timeout or None,
+            stdin=req.stdin,
+            tag=req.tag,
         )
         return await _started(stream)
 
@@ -309,8 +378,13 @@ class Manager:
         lv = self._running(sandbox_id)
         metrics.COMMANDS.inc()
         stream = lv.agent.exec(
-            cmd=cmd, args=["-i", "-l"] if args is None else args, envs=envs, cwd=cwd, user=user,
-            timeout=timeout or None, pty={"cols": cols, "rows": rows},
+            cmd=cmd,
+            args=["-i", "-l"] if args is None else args,
+            envs=envs,
+            cwd=cwd,
+            user=user,
+            timeout=timeout or None,
+            pty={"cols": cols, "rows": rows},
         )
         return await _started(stream)
 
@@ -334,7 +408,13 @@ class Manager:
         lv = self._running(sandbox_id)
         metrics.COMMANDS.inc()
         stream = lv.agent.exec(
-            cmd=cmd, args=args, envs=envs, cwd=cwd or lv.workdir, user=user, timeout=timeout or None, stdin=stdin,
+            cmd=cmd,
+            args=args,
+            envs=envs,
+            cwd=cwd or lv.workdir,
+            user=user,
+            timeout=timeout or None,
+            stdin=stdin,
             tag=tag,
             pty=None if pty is None else {"cols": pty[0], "rows": pty[1]},
         )
@@ -371,11 +451,18 @@ class Manager:
         return await _started(stream)
 
     async def write_file(
-        self, sandbox_id: str, path: str, user: str, chunks: AsyncIterable[bytes], metadata: dict[str, str] | None = None
+        self,
+        sandbox_id: str,
+        path: str,
+        user: str,
+        chunks: AsyncIterable[bytes],
+        metadata: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         return await self._running(sandbox_id).agent.write_file(_path(path, user), user, chunks, metadata)
 
-    async def list_dir(self, sandbox_id: str, path: str, depth: int, user: str) -> builtins.list[dict[str, Any]]:
+    async def list_dir(
+        self, sandbox_id: str, path: str, depth: int, user: str
+    ) -> builtins.list[dict[str, Any]]:
         if not 1 <= depth <= 32:
             raise errors.InvalidRequestError("depth must be between 1 and 32")
         return await self._running(sandbox_id).agent.list_dir(_path(path, user), depth, user)
@@ -436,7 +523,9 @@ class Manager:
     async def rename(self, sandbox_id: str, src: str, dst: str, user: str) -> dict[str, Any]:
         return await self._running(sandbox_id).agent.rename(_path(src, user), _path(dst, user), user)
 
-    async def watch_dir(self, sandbox_id: str, path: str, recursive: bool, user: str) -> AsyncIterator[dict[str, Any]]:
+    async def watch_dir(
+        self, sandbox_id: str, path: str, recursive: bool, user: str
+    ) -> AsyncIterator[dict[str, Any]]:
         """Filesystem events under a directory: start, then create/write/remove/rename/chmod."""
         stream = self._running(sandbox_id).agent.watch(_path(path, user), recursive, user)
         return await _started(stream)
@@ -460,7 +549,9 @@ class Manager:
         answer = await self._running(sandbox_id).agent.code_call({"op": "contexts"})
         return {"contexts": answer.get("contexts", []), "languages": answer.get("languages", [])}
 
-    async def create_code_context(self, sandbox_id: str, language: str | None, cwd: str | None) -> dict[str, Any]:
+    async def create_code_context(
+        self, sandbox_id: str, language: str | None, cwd: str | None
+    ) -> dict[str, Any]:
         request = {"op": "create_context", "language": language, "cwd": cwd}
         return dict((await self._running(sandbox_id).agent.code_call(request))["context"])
 
@@ -489,7 +580,7 @@ class Manager:
         """The egress policy in force, what it refused, and the bytes in and out."""
         lv = self._running(sandbox_id)
         policy = lv.handle.state.get("policy") or {}
-        stats = await self.backend.network_stats(lv.handle)
+        stats = await lv.backend.network_stats(lv.handle)
         return {"internet": lv.record.internet, "allow_out": policy.get("allow", []),
                 "deny_out": policy.get("deny", []), **stats}  # fmt: skip
 
@@ -500,7 +591,7 @@ class Manager:
         internet = lv.record.internet if req.internet is None else req.internet
         allow = policy.get("allow", []) if req.allow_out is None else req.allow_out
         deny = policy.get("deny", []) if req.deny_out is None else req.deny_out
-        await self.backend.set_network(lv.handle, internet, allow, deny)
+        await lv.backend.set_network(lv.handle, internet, allow, deny)
         lv.record.internet = internet
         self.store.update(sandbox_id, internet=internet, backend_state=lv.handle.state)
         self.store.add_event(sandbox_id, "network", internet=internet, allow_out=allow, deny_out=deny)
@@ -524,7 +615,7 @@ class Manager:
                     f"sandbox {sandbox_id}'s ports are private: send its traffic token "
                     "(X-Corral-Traffic-Token header or traffic_token query parameter)"
                 )
-        return self.backend.address(lv.handle), port
+        return lv.backend.address(lv.handle), port
 
     async def listening_ports(self, sandbox_id: str) -> builtins.list[int]:
         """TCP ports something listens on inside the sandbox (from its /proc/net/tcp and tcp6)."""
@@ -545,11 +636,17 @@ class Manager:
         if operation not in FILE_URL_OPS:
             raise errors.InvalidRequestError(f"operation must be one of {', '.join(FILE_URL_OPS)}")
         if not 1 <= expires_in <= MAX_FILE_URL_SECONDS:
-            raise errors.InvalidRequestError(f"expires_in must be between 1 and {MAX_FILE_URL_SECONDS} seconds")
+            raise errors.InvalidRequestError(
+                f"expires_in must be between 1 and {MAX_FILE_URL_SECONDS} seconds"
+            )
         lv = self._running(sandbox_id)
         full = _path(path, user)
         expires = int(time.time()) + expires_in
-        return full, expires, _file_url_signature(lv.record.url_secret, sandbox_id, operation, full, user, expires)
+        return (
+            full,
+            expires,
+            _file_url_signature(lv.record.url_secret, sandbox_id, operation, full, user, expires),
+        )
 
     def check_file_url(
         self, sandbox_id: str, path: str, user: str, operation: str, expires: int, signature: str
@@ -577,8 +674,8 @@ class Manager:
             raise errors.SandboxNotRunningError(f"sandbox {sandbox_id!r} is {rec.state}")
         return lv
 
-    def _adopt(self, rec: SandboxRecord, handle: SandboxHandle) -> Live:
-        lv = Live(record=rec, handle=handle, agent=AgentClient(handle.agent_socket))
+    def _adopt(self, rec: SandboxRecord, handle: SandboxHandle, backend: Backend) -> Live:
+        lv = Live(record=rec, handle=handle, agent=AgentClient(handle.agent_socket), backend=backend)
         self.live[rec.id] = lv
         self._schedule_deadline(lv)
         lv.watcher = asyncio.get_running_loop().create_task(self._watch(lv))
@@ -599,12 +696,19 @@ class Manager:
     async def _watch(self, lv: Live) -> None:
         """Mark the sandbox failed if its init (and so its agent) exits while it should run."""
         try:
-            await self.backend.wait_exit(lv.handle)
+            await lv.backend.wait_exit(lv.handle)
         except asyncio.CancelledError:
             return
         if not lv.ending:
             log.warning("sandbox %s died on its own", lv.record.id)
-            await self._end(lv, State.FAILED, "the sandbox's agent exited (killed from inside or out of memory)")
+            try:
+                reason = await lv.backend.exit_reason(lv.handle)
+            except Exception:
+                log.exception("the exit reason of sandbox %s", lv.record.id)
+                reason = None
+            await self._end(
+                lv, State.FAILED, reason or "the sandbox's agent exited (killed from inside or out of memory)"
+            )
 
     async def _end(self, lv: Live, state: State, reason: str) -> None:
         """Stop a sandbox now, record why, and free its resources in the background."""
@@ -616,13 +720,13 @@ class Manager:
         if lv.watcher is not None and lv.watcher is not asyncio.current_task():
             lv.watcher.cancel()
         try:
-            await self.backend.stop(lv.handle)
+            await lv.backend.stop(lv.handle)
         except Exception:  # the cleanup below retries everything stop does
             log.exception("stopping sandbox %s", lv.record.id)
         self._transition(lv.record, state, reason)
         self.live.pop(lv.record.id, None)
         metrics.RUNNING.set(len(self.live))
-        self._spawn(self._safe_cleanup(lv.handle))
+        self._spawn(self._safe_cleanup(lv.handle, lv.backend))
 
     def _transition(self, rec: SandboxRecord, state: State, reason: str) -> None:
         check_transition(State(rec.state), state)
@@ -632,9 +736,9 @@ class Manager:
         self.store.add_event(rec.id, state.value, reason=reason)
         metrics.ENDED.labels(state=state.value).inc()
 
-    async def _safe_cleanup(self, handle: SandboxHandle) -> None:
+    async def _safe_cleanup(self, handle: SandboxHandle, backend: Backend) -> None:
         try:
-            await self.backend.cleanup(handle)
+            await backend.cleanup(handle)
         except Exception:
             log.exception("cleaning up sandbox %s", handle.sandbox_id)
 
@@ -679,7 +783,9 @@ FILE_URL_OPS = ("download", "upload")
 MAX_FILE_URL_SECONDS = 7 * 24 * 3600
 
 
-def _file_url_signature(secret: str, sandbox_id: str, operation: str, path: str, user: str, expires: int) -> str:
+def _file_url_signature(
+    secret: str, sandbox_id: str, operation: str, path: str, user: str, expires: int
+) -> str:
     """HMAC-SHA256 of the fields a signed file URL grants, JSON-encoded so none can bleed into another."""
     message = json.dumps([sandbox_id, operation, path, user, expires], separators=(",", ":"))
     return hmac.new(bytes.fromhex(secret), message.encode(), "sha256").hexdigest()

@@ -15,6 +15,7 @@ from corral.sdk._sync.templates import Template
 from corral.sdk.config import ConnectionConfig
 from corral.sdk.execution import CodeContext, Execution, ExecutionError, Logs, OutputMessage, Result
 from corral.sdk.models import (
+    BackendInfo,
     BuildInfo,
     BuildResult,
     CommandResult,
@@ -40,6 +41,7 @@ __all__ = [
     "AsyncSecrets",
     "AsyncTemplate",
     "AsyncWatchHandle",
+    "BackendInfo",
     "BuildInfo",
     "BuildResult",
     "CodeContext",

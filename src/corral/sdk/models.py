@@ -35,6 +35,27 @@ def to_jsonable(obj: Any) -> Any:
 
 
 @dataclass
+class BackendInfo:
+    """An isolation backend of the server: whether it works on its host, and why not."""
+
+    name: str
+    works: bool
+    reason: str = ""
+    auto: bool = False  # isolation="auto" may pick it
+    default: bool = False  # the server's default
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BackendInfo:
+        return cls(
+            name=d["name"],
+            works=bool(d["works"]),
+            reason=d.get("reason") or "",
+            auto=bool(d.get("auto")),
+            default=bool(d.get("default")),
+        )
+
+
+@dataclass
 class SandboxInfo:
     sandbox_id: str
     template: str
@@ -46,6 +67,7 @@ class SandboxInfo:
     memory_mb: int | None = None
     disk_mb: int | None = None
     internet: bool = True
+    isolation: str = "namespace"  # the backend it runs on
     reason: str | None = None
     ended_at: datetime | None = None
     envd_url: str | None = None
@@ -66,6 +88,7 @@ class SandboxInfo:
             memory_mb=d.get("memory_mb"),
             disk_mb=d.get("disk_mb"),
             internet=bool(d.get("internet", True)),
+            isolation=d.get("isolation") or "namespace",
             reason=d.get("reason"),
             ended_at=_parse_time(d.get("ended_at")),
             envd_url=d.get("envd_url"),

@@ -21,7 +21,7 @@ from ..settings import Settings
 from . import fastpath, ports
 from .auth import check_key, is_open, load_or_create_key
 from .render import error_response, invalid_request
-from .routes import code, commands, files, network, pty, sandboxes, secrets, templates
+from .routes import backends, code, commands, files, network, pty, sandboxes, secrets, templates
 from .routes import ports as port_routes
 
 log = logging.getLogger("corral.server")
@@ -38,7 +38,9 @@ class Guard:
     (Starlette's BaseHTTPMiddleware would copy every streamed response through a memory stream.)
     """
 
-    def __init__(self, app: Any, api_key: str, domain: str = "localhost", e2b: E2BCompat | None = None) -> None:
+    def __init__(
+        self, app: Any, api_key: str, domain: str = "localhost", e2b: E2BCompat | None = None
+    ) -> None:
         self.app, self.api_key, self.domain, self.e2b = app, api_key, domain, e2b
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -78,7 +80,11 @@ class Guard:
         cannot set headers there), the ``api_key`` query parameter. Refused: accepted, then closed
         with code 4401 (which a browser can see, unlike an HTTP 403)."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if "x-api-key" not in headers and "authorization" not in headers and WS_QUERY_KEY_PATH.fullmatch(scope["path"]):
+        if (
+            "x-api-key" not in headers
+            and "authorization" not in headers
+            and WS_QUERY_KEY_PATH.fullmatch(scope["path"])
+        ):
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             if query.get("api_key"):
                 headers["x-api-key"] = query["api_key"][0]
@@ -114,7 +120,9 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     app = FastAPI(title="corral", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
 
-    app.add_middleware(Guard, api_key=api_key, domain=settings.domain, e2b=E2BCompat(api_key, settings.e2b_domain))
+    app.add_middleware(
+        Guard, api_key=api_key, domain=settings.domain, e2b=E2BCompat(api_key, settings.e2b_domain)
+    )
 
     @app.exception_handler(errors.CorralError)
     async def corral_error(request: Request, err: errors.CorralError) -> JSONResponse:
@@ -126,7 +134,9 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        cls = {404: errors.NotFoundError, 405: errors.InvalidRequestError}.get(err.status_code, errors.CorralError)
+        cls = {404: errors.NotFoundError, 405: errors.InvalidRequestError}.get(
+            err.status_code, errors.CorralError
+        )
         body = {"code": cls.code, "message": str(err.detail)}
         return JSONResponse(body, status_code=err.status_code)
 
@@ -138,8 +148,13 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
     @app.get("/health", tags=["service"])
     async def health(request: Request) -> dict[str, Any]:
         m: Manager = request.app.state.manager
-        return {"status": "ok", "version": __version__, "backend": m.backend.name, "sandboxes": len(m.live),
-                "pool_ready": m.pool.ready_count()}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "backend": m.backend.name,
+            "sandboxes": len(m.live),
+            "pool_ready": m.pool.ready_count(),
+        }
 
     @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     async def metrics_endpoint() -> PlainTextResponse:
@@ -148,6 +163,7 @@ def create_app(settings: Settings, manager: Manager | None = None) -> FastAPI:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(sandboxes.router)
+    app.include_router(backends.router)
     app.include_router(commands.router)
     app.include_router(files.router)
     app.include_router(pty.router)
@@ -167,7 +183,9 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     from ..templates.builder import _progress_printer
 
     settings = Settings.load(overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     ensure_template(settings.templates_dir, "base", progress=_progress_printer())
     app = create_app(settings)
     scheme = "https" if settings.tls_cert_file else "http"
@@ -175,7 +193,11 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     # Idle keep-alive connections live 75 s (as behind nginx): SDK clients hold one per sandbox, and
     # a short timeout races with their next request on the same connection.
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
         timeout_keep_alive=75,
         ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
         ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,

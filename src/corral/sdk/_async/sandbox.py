@@ -14,7 +14,7 @@ from corral.sdk._async.files import AsyncFilesystem
 from corral.sdk._async.pty import AsyncPty
 from corral.sdk.config import ConnectionConfig
 from corral.sdk.execution import CodeContext, Execution
-from corral.sdk.models import NetworkInfo, PortInfo, SandboxInfo
+from corral.sdk.models import BackendInfo, NetworkInfo, PortInfo, SandboxInfo
 
 
 class AsyncSandbox:
@@ -62,13 +62,17 @@ class AsyncSandbox:
         allow_out: builtins.list[str] | None = None,
         deny_out: builtins.list[str] | None = None,
         secrets: builtins.list[str] | None = None,
+        isolation: str | None = None,
         *,
         api_key: str | None = None,
         api_url: str | None = None,
         base_url: str | None = None,
         request_timeout: float | None = None,
     ) -> AsyncSandbox:
-        """Start a new sandbox from ``template`` that lives ``timeout`` seconds unless extended."""
+        """Start a new sandbox from ``template`` that lives ``timeout`` seconds unless extended.
+
+        ``isolation`` picks the backend: "namespace", "gvisor", "microvm" or "auto" (default: the
+        template's, else the server's; :meth:`backends` says which work on the server's host)."""
         body: dict[str, Any] = {
             "template": template,
             "timeout": timeout,
@@ -80,7 +84,9 @@ class AsyncSandbox:
             "deny_out": deny_out or [],
             "secrets": secrets or [],
         }
-        for key, value in (("cpu_count", cpu_count), ("memory_mb", memory_mb), ("disk_mb", disk_mb)):
+        for key, value in (
+            ("cpu_count", cpu_count), ("memory_mb", memory_mb), ("disk_mb", disk_mb), ("isolation", isolation)
+        ):  # fmt: skip
             if value is not None:
                 body[key] = value
         api = AsyncApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout))
@@ -132,6 +138,21 @@ class AsyncSandbox:
         return [SandboxInfo.from_dict(d) for d in data["sandboxes"]]
 
     @staticmethod
+    async def backends(
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> builtins.list[BackendInfo]:
+        """The server's isolation backends: whether each works on its host (and why not), which is
+        the default, which ``isolation="auto"`` may pick."""
+        config = ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)
+        async with AsyncApiClient(config) as api:
+            data = await api.request("GET", "/v1/backends")
+        return [BackendInfo.from_dict(d) for d in data["backends"]]
+
+    @staticmethod
     async def kill_by_id(
         sandbox_id: str,
         *,
@@ -180,7 +201,9 @@ class AsyncSandbox:
         """Change internet access and the allow/deny lists (IPv4 addresses or CIDRs; allow wins)
         at once; what is left out stays as it is."""
         body: dict[str, Any] = {"internet": internet, "allow_out": allow_out, "deny_out": deny_out}
-        data = await self._api.request("PATCH", f"{self._path}/network", json={k: v for k, v in body.items() if v is not None})
+        data = await self._api.request(
+            "PATCH", f"{self._path}/network", json={k: v for k, v in body.items() if v is not None}
+        )
         return NetworkInfo.from_dict(data)
 
     # ------------------------------------------------------------------ ports

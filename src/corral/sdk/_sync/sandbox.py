@@ -15,7 +15,7 @@ from corral.sdk._sync.files import Filesystem
 from corral.sdk._sync.pty import Pty
 from corral.sdk.config import ConnectionConfig
 from corral.sdk.execution import CodeContext, Execution
-from corral.sdk.models import NetworkInfo, PortInfo, SandboxInfo
+from corral.sdk.models import BackendInfo, NetworkInfo, PortInfo, SandboxInfo
 
 
 class Sandbox:
@@ -63,13 +63,17 @@ class Sandbox:
         allow_out: builtins.list[str] | None = None,
         deny_out: builtins.list[str] | None = None,
         secrets: builtins.list[str] | None = None,
+        isolation: str | None = None,
         *,
         api_key: str | None = None,
         api_url: str | None = None,
         base_url: str | None = None,
         request_timeout: float | None = None,
     ) -> Sandbox:
-        """Start a new sandbox from ``template`` that lives ``timeout`` seconds unless extended."""
+        """Start a new sandbox from ``template`` that lives ``timeout`` seconds unless extended.
+
+        ``isolation`` picks the backend: "namespace", "gvisor", "microvm" or "auto" (default: the
+        template's, else the server's; :meth:`backends` says which work on the server's host)."""
         body: dict[str, Any] = {
             "template": template,
             "timeout": timeout,
@@ -81,7 +85,9 @@ class Sandbox:
             "deny_out": deny_out or [],
             "secrets": secrets or [],
         }
-        for key, value in (("cpu_count", cpu_count), ("memory_mb", memory_mb), ("disk_mb", disk_mb)):
+        for key, value in (
+            ("cpu_count", cpu_count), ("memory_mb", memory_mb), ("disk_mb", disk_mb), ("isolation", isolation)
+        ):  # fmt: skip
             if value is not None:
                 body[key] = value
         api = ApiClient(ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout))
@@ -131,6 +137,21 @@ class Sandbox:
         with ApiClient(config) as api:
             data = api.request("GET", "/v1/sandboxes", params=params)
         return [SandboxInfo.from_dict(d) for d in data["sandboxes"]]
+
+    @staticmethod
+    def backends(
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> builtins.list[BackendInfo]:
+        """The server's isolation backends: whether each works on its host (and why not), which is
+        the default, which ``isolation="auto"`` may pick."""
+        config = ConnectionConfig.resolve(api_key, api_url, base_url, request_timeout)
+        with ApiClient(config) as api:
+            data = api.request("GET", "/v1/backends")
+        return [BackendInfo.from_dict(d) for d in data["backends"]]
 
     @staticmethod
     def kill_by_id(

@@ -24,7 +24,7 @@ def info(rec: SandboxRecord, domain: str) -> SandboxInfo:
         sandbox_id=rec.id, template=rec.template, state=rec.state,  # type: ignore[arg-type]
         started_at=_ts(rec.created_at), end_at=_ts(rec.end_at), ended_at=_ts(rec.ended_at),  # type: ignore[arg-type]
         metadata=rec.metadata, cpu_count=rec.cpu_count, memory_mb=rec.memory_mb, disk_mb=rec.disk_mb,
-        internet=rec.internet, reason=rec.reason, public_ports=rec.public_ports,
+        internet=rec.internet, isolation=rec.backend, reason=rec.reason, public_ports=rec.public_ports,
         traffic_token=None if rec.public_ports else traffic_token(rec), domain=domain,
     )
 
