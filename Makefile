@@ -54,6 +54,7 @@ $(BIN)/.installed: pyproject.toml
 template: venv
 	$(BIN)/python -m corral.templates ensure base --templates-dir $(DATA_DIR)/templates
 	$(BIN)/python -m corral.templates ensure code-interpreter --templates-dir $(DATA_DIR)/templates
+	$(BIN)/python -m corral.backends.microvm prepare --data-dir $(DATA_DIR) --template base
 
 serve: setup
 	$(BIN)/corral serve --data-dir $(DATA_DIR)

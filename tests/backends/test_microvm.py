@@ -212,7 +212,7 @@ def test_qemu_killed_from_outside(backend: MicroVMBackend, rootfs: Path) -> None
             os.kill(int(h.state["pid"]), signal.SIGKILL)
             await asyncio.wait_for(waiter, 10)
             assert not await backend.is_alive(h)
-            assert "killed by signal 9" in backend.exit_reason(h)
+            assert "killed by signal 9" in (await backend.exit_reason(h) or "")
         finally:
             await backend.cleanup(h)
         assert vm_leftovers(backend, h) == []

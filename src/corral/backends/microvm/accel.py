@@ -34,6 +34,14 @@ def kvm_boots(kernel: Path, initramfs: Path, timeout: float = PROBE_TIMEOUT) -> 
     return False, out.strip()[-300:] or "no output"
 
 
+def cached(root: Path) -> str | None:
+    """The accelerator found by an earlier probe, if any (whatever kernel it was made with)."""
+    try:
+        return str(json.loads((root / "accel.json").read_text())["accel"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def choose(root: Path, kernel: Path, initramfs: Path) -> str:
     cache = root / "accel.json"
     key = f"{kernel.parent.name} {os.uname().release}"

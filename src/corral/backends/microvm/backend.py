@@ -96,7 +96,11 @@ class MicroVMBackend(NamespaceBackend):
             return Probe(False, "no cached guest kernel and no apt-get/lz4 to fetch one")
         if cgroups.detect_version() is None:
             return Probe(False, "no usable cgroup hierarchy")
-        return Probe(True)
+        accel = self.forced_accel or accel_probe.cached(self.root)
+        if accel == "kvm":
+            return Probe(True, "KVM")
+        note = "TCG (software emulation): slow, not for production" if accel else "KVM not probed yet (the first start does)"
+        return Probe(True, note, production=False)
 
     def prepare(self) -> str:
         """Kernel and initramfs (blocking; cached): ``python -m corral.backends.microvm prepare``."""
@@ -360,7 +364,7 @@ class MicroVMBackend(NamespaceBackend):
             disk_used=blocks, disk_total=int(limits.get("disk_mb", 1024)) * 2**20,
         )  # fmt: skip
 
-    def exit_reason(self, handle: SandboxHandle) -> str:
+    async def exit_reason(self, handle: SandboxHandle) -> str | None:
         """Why the VM ended, for the record (QEMU's log, or how it died)."""
         text = qemu.read_log(Path(handle.state.get("dir", "")) / "qemu.log", 600)
         status = handle.state.get("exit_status")
