@@ -47,7 +47,7 @@ class Snapshot:
 
 
 def snapshot_key(kernel: str, initramfs: Path, image: Path, memory_mb: int, vcpus: int, disk_mb: int, accel: str) -> str:
-    parts = [kernel, initramfs.name, image.name, str(memory_mb), str(vcpus), str(disk_mb), accel, qemu.CMDLINE]
+    parts = [kernel, initramfs.name, image.name, str(memory_mb), str(vcpus), str(disk_mb), *qemu.accel_args(accel), qemu.CMDLINE]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
