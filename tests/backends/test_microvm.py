@@ -241,7 +241,10 @@ def test_guest_without_python_fails_clearly(backend: MicroVMBackend, tmp_path: P
     assert vm_leftovers(vm, s) == []
 
 
-def test_corrupt_kernel_fails_clearly(backend: MicroVMBackend, rootfs: Path, tmp_path: Path) -> None:
+def test_corrupt_kernel_fails_clearly(
+    backend: MicroVMBackend, rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CORRAL_MICROVM_DIR", raising=False)
     # A data dir whose cached kernel is garbage; everything else is the real one's.
     root = tmp_path / "microvm"
     kdir = root / "kernel" / backend.kernel_version

@@ -71,7 +71,9 @@ class MicroVMBackend(NamespaceBackend):
     ) -> None:
         # A run dir of its own: the namespace backend takes every dir in its run dir for one of its sandboxes.
         super().__init__(Path(f"{run_dir}-microvm"), data_dir, agent_path, subnet, ca_bundle, dns_upstream)
-        self.root = self.data_dir / "microvm"
+        # Kernels, initramfs, images and snapshots are keyed by what they are made of: servers with
+        # other data dirs may share them (CORRAL_MICROVM_DIR, e.g. the one `make template` prepared).
+        self.root = Path(os.environ.get("CORRAL_MICROVM_DIR") or self.data_dir / "microvm")
         self.snapshots = snapshots
         self.forced_accel = accel
         self.boot_timeout = boot_timeout
@@ -387,7 +389,11 @@ class MicroVMBackend(NamespaceBackend):
         await super().wait_exit(handle)
         pid = handle.state.get("pid")
         if pid:
-            self._reap(int(pid))  # a zombie already when we looked: the base class left it
+            # The base class returns as soon as QEMU's main thread is a zombie; its other threads
+            # may still be exiting (waitpid finds nothing yet): reap it here, status and all.
+            deadline = time.monotonic() + 5
+            while not self._reap(int(pid)) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
         if pid and int(pid) in self._exit_status:
             handle.state["exit_status"] = self._exit_status.pop(int(pid))
 
