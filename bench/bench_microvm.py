@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from corral.agent.client import AgentClient  # noqa: E402
 from corral.backends.base import Limits, SandboxSpec  # noqa: E402
-from corral.backends.microvm import qemu, snapshot, vmnet  # noqa: E402
+from corral.backends.microvm import qemu, vmnet  # noqa: E402
 from corral.backends.microvm.backend import MicroVMBackend  # noqa: E402
 from corral.templates import template_path  # noqa: E402
 from helpers import TEMPLATES_DIR  # noqa: E402
