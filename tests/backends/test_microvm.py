@@ -8,6 +8,7 @@ namespaces the tests create.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -308,3 +309,46 @@ def test_reap_orphans_after_crash(backend: MicroVMBackend, rootfs: Path) -> None
         await fresh.close()
 
     asyncio.run(main())
+
+
+def test_host_disk_full_fails_the_sandbox(
+    backend: MicroVMBackend, rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host filesystem holding sandboxes' disk images is a 24 MiB tmpfs; the guest's own disk
+    # (1 GiB) has room, so its writes reach the host until that fills.
+    monkeypatch.delenv("CORRAL_MICROVM_DIR", raising=False)
+    tmp_path = Path(f"/var/tmp/corral-test-{secrets.token_hex(4)}")  # QEMU's own uid must traverse it
+    root = tmp_path / "microvm"
+    root.mkdir(parents=True)
+    tmp_path.chmod(0o711)
+    for d in ("kernel", "initramfs", "images", "disks", "snapshots"):
+        (root / d).symlink_to(backend.root / d)
+    shutil.copy(backend.root / "accel.json", root / "accel.json")
+    (root / "sandboxes").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "corral-test-full", str(root / "sandboxes")], check=True)
+    vm = MicroVMBackend(run_dir=tmp_path / "run", data_dir=tmp_path)
+
+    async def main() -> None:
+        h = await vm.start(SandboxSpec(sid("hostfull"), rootfs))
+        try:
+            waiter = asyncio.ensure_future(vm.wait_exit(h))
+            await asyncio.sleep(0.2)  # the monitor watcher is connected
+            # The agent's connection dies with the VM without a word: the writer is left behind.
+            writer = asyncio.ensure_future(sh(h, "head -c 64M /dev/urandom > /root/big; sync", timeout=60))
+            try:
+                await asyncio.wait_for(waiter, 90)
+            finally:
+                writer.cancel()
+                with contextlib.suppress(BaseException):
+                    await writer
+            assert "no space left on the host's disk" in (await vm.exit_reason(h) or "")
+        finally:
+            await vm.cleanup(h)
+        assert vm_leftovers(vm, h) == []
+
+    try:
+        asyncio.run(main())
+    finally:
+        asyncio.run(vm.close())
+        subprocess.run(["umount", str(root / "sandboxes")], check=False)
+        shutil.rmtree(tmp_path, ignore_errors=True)

@@ -26,6 +26,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -368,6 +369,8 @@ class MicroVMBackend(NamespaceBackend):
 
     async def exit_reason(self, handle: SandboxHandle) -> str | None:
         """Why the VM ended, for the record (QEMU's log, or how it died)."""
+        if handle.state.get("failure"):
+            return str(handle.state["failure"])
         text = qemu.read_log(Path(handle.state.get("dir", "")) / "qemu.log", 600)
         status = handle.state.get("exit_status")
         how = f"QEMU exited ({status})" if status else "QEMU exited"
@@ -386,7 +389,11 @@ class MicroVMBackend(NamespaceBackend):
         return bool(done)
 
     async def wait_exit(self, handle: SandboxHandle) -> None:
-        await super().wait_exit(handle)
+        watcher = asyncio.ensure_future(self._watch_monitor(handle))
+        try:
+            await super().wait_exit(handle)
+        finally:
+            watcher.cancel()
         pid = handle.state.get("pid")
         if pid:
             # The base class returns as soon as QEMU's main thread is a zombie; its other threads
@@ -396,6 +403,36 @@ class MicroVMBackend(NamespaceBackend):
                 await asyncio.sleep(0.005)
         if pid and int(pid) in self._exit_status:
             handle.state["exit_status"] = self._exit_status.pop(int(pid))
+
+    async def _watch_monitor(self, handle: SandboxHandle) -> None:
+        """QEMU's events while the sandbox runs: a write its host could not do (the disk holding
+        its image is full: QEMU pauses the guest) ends the VM, with that reason."""
+        path = Path(handle.state.get("dir", "")) / "qmp.sock"
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=2**20)
+        except OSError:
+            return
+        try:
+            await reader.readline()
+            writer.write(b'{"execute": "qmp_capabilities"}\n')
+            await writer.drain()
+            while line := await reader.readline():
+                msg = json.loads(line)
+                if msg.get("event") != "BLOCK_IO_ERROR":
+                    continue
+                data = msg.get("data") or {}
+                why = "no space left on the host's disk" if data.get("nospace") else data.get("reason", "I/O error")
+                handle.state["failure"] = f"QEMU could not write the sandbox's disk image: {why}"
+                log.warning("sandbox %s: %s", handle.sandbox_id, handle.state["failure"])
+                pid, start = handle.state.get("pid"), handle.state.get("start_time")
+                if pid and proc_start_time(int(pid)) == start:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                return
+        except (OSError, ValueError):
+            return
+        finally:
+            writer.close()
 
     async def stop(self, handle: SandboxHandle) -> None:
         await super().stop(handle)  # SIGKILL to every process of its cgroup: QEMU
