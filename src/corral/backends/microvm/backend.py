@@ -488,7 +488,8 @@ class MicroVMBackend(NamespaceBackend):
         return SandboxHandle(sandbox_id, Path(state.get("agent_socket") or sdir / "agent"), state)
 
     async def reap_orphans(self, keep: set[str]) -> list[str]:
-        await self._ensure_ready()
+        # No _ensure_ready: a server starting up must not fetch a kernel or probe KVM to find orphans.
+        self._cg_version = self._cg_version or cgroups.detect_version()
         ids = {p.name for p in _iterdir(self.run_dir) if p.is_dir() and not p.is_symlink()}
         ids |= {p.name.removesuffix(".qcow2") for p in _iterdir(self.root / "sandboxes") if p.name.endswith(".qcow2")}
         # Netns of snapshot guests whose server died while making one.
