@@ -40,7 +40,7 @@ MODULE_PATHS = {
 BUSYBOX = Path("/bin/busybox")
 LZ4_MAGIC = b"\x02\x21\x4c\x18"  # an LZ4 legacy frame: how Debian compresses the cloud kernel
 GUEST_IP, GATEWAY, AGENT_PORT = "172.30.0.2", "172.30.0.1", 49982
-APPLETS = ("sh", "mount", "umount", "mkdir", "cp", "insmod", "ip", "switch_root", "poweroff", "cat", "grep", "findfs", "echo", "sleep")
+APPLETS = ("sh", "mount", "umount", "mkdir", "cp", "rm", "insmod", "ip", "switch_root", "poweroff", "cat", "grep", "findfs", "echo", "sleep")
 
 # Stage 1, in the initramfs: modules, the template's image read-only (vda) under an overlay whose
 # upper dir is on the sandbox's own disk (vdb), the agent on a tmpfs at /run/corral, the network
@@ -60,6 +60,13 @@ mkdir -p /upper/root /upper/work
 mount -t overlay root -o lowerdir=/lower,upperdir=/upper/root,workdir=/upper/work /newroot || fail "overlay"
 mount -t tmpfs -o mode=0755,size=64m run /newroot/run || fail "no /run in the template"
 cp -a /corral /newroot/run/corral
+# The files each sandbox's identity rewrites live on the tmpfs (no disk write at a restore).
+for f in hosts hostname resolv.conf; do
+  : > /newroot/run/corral/$f
+  [ -L /newroot/etc/$f ] && rm -f /newroot/etc/$f
+  [ -e /newroot/etc/$f ] || : > /newroot/etc/$f
+  mount --bind /newroot/run/corral/$f /newroot/etc/$f || fail "bind /etc/$f"
+done
 [ -x /newroot/usr/bin/python3 ] || fail "the template has no /usr/bin/python3"
 ip link set lo up
 ip addr add {GUEST_IP}/30 dev eth0 && ip link set eth0 up && ip route add default via {GATEWAY} || fail "network"
