@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--templates-dir", type=Path, default=None)
     prep.add_argument("--memory-mb", type=int, default=512)
     prep.add_argument("--disk-mb", type=int, default=1024)
+    gc = sub.add_parser("gc", help="remove snapshots and initramfs images of older agent or guest code")
+    gc.add_argument("--data-dir", type=Path, default=Path("/var/lib/corral"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..base import Limits, SandboxSpec
@@ -27,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
 
     backend = MicroVMBackend(data_dir=args.data_dir)
     version = backend.prepare()
+    if args.cmd == "gc":
+        from .snapshot import collect
+
+        assert backend.initramfs is not None
+        for path in collect(backend.root, backend.initramfs):
+            print(f"removed {path}")
+        return 0
     print(f"kernel {version}, initramfs {backend.initramfs}, accelerator {backend.accel}")
     if args.template:
         from ...templates.store import TemplateStore

@@ -99,7 +99,8 @@ async def create(
             (work / f).unlink(missing_ok=True)
         (work / "meta.json").write_text(json.dumps({"key": key, "created": time.time(), "memory_mb": base.memory_mb,
                                                      "vcpus": base.vcpus, "disk_mb": disk_mb, "accel": base.accel,
-                                                     "image": str(base.image), "kernel": str(base.kernel)}))  # fmt: skip
+                                                     "image": str(base.image), "kernel": str(base.kernel),
+                                                     "initramfs": str(base.initramfs)}))  # fmt: skip
         try:
             os.rename(work, final.dir)
         except OSError:  # another server made it first: use theirs
@@ -114,6 +115,25 @@ async def create(
         await vmnet.delete_netns(netns)
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def collect(root: Path, keep_initramfs: Path) -> list[Path]:
+    """Remove the snapshots and initramfs images of older agent or guest code (running guests keep
+    the files they have open); returns what was removed."""
+    removed = []
+    for d in sorted((root / "snapshots").glob("*")):
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("initramfs") != str(keep_initramfs):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    for f in sorted((root / "initramfs").glob("*.cpio")):
+        if f != keep_initramfs:
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
 
 
 def _save(qmp_path: Path, out: Path) -> None:
