@@ -23,7 +23,7 @@ import pytest
 
 from corral import errors
 from corral.agent.client import AgentClient
-from corral.backends.base import Limits, SandboxHandle, SandboxSpec
+from corral.backends.base import Limits, SandboxHandle, SandboxSpec, SecretRule
 from corral.backends.microvm import assets
 from corral.backends.microvm.backend import MicroVMBackend
 from corral.backends.namespace.backend import proc_start_time
@@ -178,6 +178,11 @@ def test_network_rules_apply(backend: MicroVMBackend, rootfs: Path, outside: tup
             assert stats["blocked"] >= 1
             assert {"address": "198.51.100.2", "port": port} in [
                 {k: d[k] for k in ("address", "port")} for d in stats["blocked_destinations"]]  # fmt: skip
+            # secrets: the guest trusts the egress proxy's CA
+            await backend.set_secrets(h, [SecretRule("CORRAL_SECRET_X", "value", ("example.com",))])
+            assert backend._authority().pem().decode().strip().splitlines()[1] in await ok(
+                h, "cat /etc/ssl/certs/ca-certificates.crt")  # fmt: skip
+            await backend.set_secrets(h, [])
             await backend.set_network(h, False, [], [])
             assert not await tcp_ok(h, "198.51.100.2", port)
             # the host reaches servers inside at the sandbox's address (the port proxy's path)

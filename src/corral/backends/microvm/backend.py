@@ -33,9 +33,10 @@ from typing import Any
 
 from ... import errors
 from ...agent import AGENT_TCP_PORT
-from ..base import Limits, Probe, SandboxHandle, SandboxSpec, Usage
+from ..base import Limits, Probe, SandboxHandle, SandboxSpec, SecretRule, Usage
 from ..namespace import cgroups, network
 from ..namespace.backend import ID_RE, NamespaceBackend, _limits_dict, proc_cpu_seconds, proc_start_time
+from ..namespace.bwrap import CA_BUNDLE_INSIDE
 from . import accel as accel_probe
 from . import assets, qemu, snapshot, vmnet
 
@@ -304,6 +305,19 @@ class MicroVMBackend(NamespaceBackend):
         st["restored"] = snap is not None
         self._save_state(handle)
         return handle
+
+    async def set_secrets(self, handle: SandboxHandle, secrets: list[SecretRule]) -> None:
+        await super().set_secrets(handle, secrets)
+        if secrets and not handle.state.get("egress_ca"):
+            # The egress proxy presents corral's CA for the hosts a secret goes to: the guest's
+            # system bundle (the host's CAs, as a namespace sandbox sees them) gets it too.
+            from ...agent.client import AgentClient
+
+            host = self.ca_bundle.read_bytes().rstrip(b"\n") + b"\n" if self.ca_bundle else b""
+            await AgentClient(handle.agent_socket).write_file(CA_BUNDLE_INSIDE, "root", host + self._authority().pem())
+            handle.state["egress_ca"] = True
+            with contextlib.suppress(OSError):
+                self._save_state(handle)
 
     async def _exited(self, pid: int) -> None:
         """Return when our QEMU child has exited (reaped)."""
