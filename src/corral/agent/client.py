@@ -16,6 +16,7 @@ import asyncio
 import base64
 import builtins
 import os
+import socket
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -137,6 +138,19 @@ class FileDownload:
         await self.aclose()
 
 
+async def _open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to an agent, with keepalives: a sandbox whose kernel died sends no
+    reset, and a stream waiting on it would otherwise wait for ever (~10 s to notice)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    return reader, writer
+
+
 class AgentClient:
     """Talks to the agent listening on ``socket_path``: the host path of the sandbox's unix socket,
     or ``tcp:ADDRESS:PORT`` for an agent reached over the sandbox's network."""
@@ -167,7 +181,7 @@ class AgentClient:
     def _connect(self) -> Any:
         if self.socket_path.startswith("tcp:"):
             host, _, port = self.socket_path[4:].rpartition(":")
-            return asyncio.open_connection(host, int(port))
+            return _open_tcp(host, int(port))
         return asyncio.open_unix_connection(self.socket_path)
 
     async def _call(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:

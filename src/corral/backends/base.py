@@ -50,7 +50,7 @@ class SandboxSpec:
 @dataclass
 class SandboxHandle:
     sandbox_id: str
-    agent_socket: Path
+    agent_socket: Path | str  # a unix socket's host path, or "tcp:ADDRESS:PORT" (AgentClient takes both)
     state: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,5 +1,6 @@
 """Users: who a request runs as, their groups, and the per-thread filesystem identity
-(setfsuid/setfsgid) file operations run with; uid/gid -> name lookups."""
+(setfsuid/setfsgid, or the thread's effective ids where setfsuid is missing) file operations run
+with; uid/gid -> name lookups."""
 
 import os
 
@@ -33,6 +34,10 @@ def f_path(req, key, pw):
 # --------------------------------------------------------------------------- fs identity
 _LIBC = None
 _SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "riscv64": 159, "ppc64le": 81, "ppc64": 81, "s390x": 206}
+# setresuid/setresgid, for kernels without setfsuid (gVisor answers ENOSYS): as raw system calls
+# they change the calling thread only (glibc's wrappers change every thread).
+_SYS_SETRESUID = {"x86_64": 117, "aarch64": 147, "riscv64": 147, "ppc64le": 164, "ppc64": 164, "s390x": 208}
+_SYS_SETRESGID = {"x86_64": 119, "aarch64": 149, "riscv64": 149, "ppc64le": 169, "ppc64": 169, "s390x": 210}
 _ORIG_GROUPS = os.getgroups()
 
 
@@ -62,6 +67,7 @@ class FsIdentity:
     def __init__(self, pw):
         self.pw = pw
         self.active = False
+        self.effective = False
 
     def __enter__(self):
         pw = self.pw
@@ -74,18 +80,45 @@ class FsIdentity:
         libc.setfsgid(pw.pw_gid)
         libc.setfsuid(pw.pw_uid)
         # setfsuid returns the previous value: calling it again tells whether it took.
-        if libc.setfsuid(pw.pw_uid) != pw.pw_uid or libc.setfsgid(pw.pw_gid) != pw.pw_gid:
-            self.__exit__(None, None, None)
-            raise AgentError("internal", "cannot switch the filesystem identity to " + pw.pw_name)
-        return self
+        if libc.setfsuid(pw.pw_uid) == pw.pw_uid and libc.setfsgid(pw.pw_gid) == pw.pw_gid:
+            return self
+        if _thread_setres(pw.pw_uid, pw.pw_gid):
+            self.effective = True  # the thread's effective ids (and so its fs ids) are the user's
+            return self
+        self.__exit__(None, None, None)
+        raise AgentError("internal", "cannot switch the filesystem identity to " + pw.pw_name)
 
     def __exit__(self, *exc):
         if self.active:
             libc = _libc()
+            if self.effective:
+                _thread_setres(0, 0)  # euid 0 again: the thread's capabilities come back
+                self.effective = False
             libc.setfsuid(0)
             libc.setfsgid(0)
             _thread_setgroups(_ORIG_GROUPS)
             self.active = False
+
+
+def _thread_setres(uid, gid):
+    """Effective uid and gid of the calling thread only (the saved ids stay 0, so the thread
+    can come back); uid last on the way in, first on the way out."""
+    import ctypes
+
+    machine = os.uname().machine
+    nr_uid, nr_gid = _SYS_SETRESUID.get(machine), _SYS_SETRESGID.get(machine)
+    if nr_uid is None or nr_gid is None:
+        return False
+    libc, keep = _libc(), ctypes.c_long(-1)
+    if uid == 0:
+        return (
+            libc.syscall(ctypes.c_long(nr_uid), keep, ctypes.c_long(0), keep) == 0
+            and libc.syscall(ctypes.c_long(nr_gid), keep, ctypes.c_long(0), keep) == 0
+        )
+    return (
+        libc.syscall(ctypes.c_long(nr_gid), keep, ctypes.c_long(gid), keep) == 0
+        and libc.syscall(ctypes.c_long(nr_uid), keep, ctypes.c_long(uid), keep) == 0
+    )
 
 
 # --------------------------------------------------------------------------- names

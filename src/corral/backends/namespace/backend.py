@@ -211,7 +211,7 @@ class NamespaceBackend(Backend):
         t0 = time.perf_counter()
         cg = cgroups.SandboxCgroup(self._cg_version or 1, sid)
         cg.create()
-        cg.set_limits(spec.limits)
+        cg.set_limits(self._cgroup_limits(spec.limits))
         cfg = bwrap.BwrapConfig(
             sandbox_id=sid, root=sdir / "root", agent_dir=sdir / "disk" / "run", agent_path=self.agent_path,
             resolv_conf=sdir / "resolv.conf", hosts=sdir / "hosts",
@@ -292,6 +292,10 @@ class NamespaceBackend(Backend):
         }
         return handle
 
+    def _cgroup_limits(self, limits: Limits) -> Limits:
+        """The limits written to the sandbox's cgroup (a subclass may add its runtime's overhead)."""
+        return limits
+
     def _compiled_agent(self) -> bytes:
         """The agent's code compiled on the host (cached while its sources are unchanged)."""
         try:
@@ -330,7 +334,7 @@ class NamespaceBackend(Backend):
         if st.get("limits") != _limits_dict(limits):
             cg = cgroups.SandboxCgroup(int(st["cgroup_version"]), handle.sandbox_id)
             try:
-                cg.set_limits(limits)
+                cg.set_limits(self._cgroup_limits(limits))
             except OSError as e:  # e.g. EBUSY: memory below what the sandbox already uses
                 raise errors.InvalidRequestError(f"cannot apply limits {limits}: {e}") from None
         if (st.get("limits") or {}).get("disk_mb") != limits.disk_mb:
@@ -586,7 +590,10 @@ class NamespaceBackend(Backend):
         for sid in sorted(ids - set(keep)):
             if not ID_RE.match(sid):
                 continue
-            handle = self.handle_from_state(sid, self._load_state(sid))
+            state = self._load_state(sid)
+            if state.get("backend", self.name) != self.name:
+                continue  # another backend's sandbox in a shared run dir: that backend reaps it
+            handle = self.handle_from_state(sid, state)
             try:
                 await self.cleanup(handle)
             except errors.CorralError as e:
