@@ -198,7 +198,7 @@ class MicroVMBackend(NamespaceBackend):
         handle = SandboxHandle(sid, sdir / "agent", {"backend": self.name, "dir": str(sdir), "disk_file": str(disk)})
         try:
             addr = self.pool.allocate(owner=str(sdir))
-            handle.agent_socket = Path(f"tcp:{addr.sandbox}:{AGENT_TCP_PORT}")
+            handle.agent_socket = f"tcp:{addr.sandbox}:{AGENT_TCP_PORT}"
             handle.state.update({
                 "agent_socket": str(handle.agent_socket),
                 "template": str(spec.template_dir),
@@ -499,7 +499,7 @@ class MicroVMBackend(NamespaceBackend):
         state.setdefault("dir", str(sdir))
         if state.get("ip_index") is not None:
             self.pool.mark_used(int(state["ip_index"]), owner=str(sdir))
-        return SandboxHandle(sandbox_id, Path(state.get("agent_socket") or sdir / "agent"), state)
+        return SandboxHandle(sandbox_id, state.get("agent_socket") or sdir / "agent", state)
 
     async def reap_orphans(self, keep: set[str]) -> list[str]:
         # No _ensure_ready: a server starting up must not fetch a kernel or probe KVM to find orphans.
