@@ -4,7 +4,7 @@ PY ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= /var/lib/corral
-APT_PACKAGES := bubblewrap mmdebstrap nftables iproute2 python3-venv python3-pip python3-seccomp uidmap ca-certificates skopeo umoci docker-registry runsc qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs gcc libc6-dev
+APT_PACKAGES := bubblewrap mmdebstrap nftables iproute2 python3-venv python3-pip python3-seccomp uidmap ca-certificates skopeo umoci docker-registry runsc qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs lz4 gcc libc6-dev
 PYTEST_ARGS ?=
 # The older e2b Python SDK the compat tests also drive (E2B_SANDBOX_URL exists since 2.7; this one
 # still creates with POST /sandboxes and speaks Connect through its vendored client).
@@ -54,6 +54,7 @@ $(BIN)/.installed: pyproject.toml
 template: venv
 	$(BIN)/python -m corral.templates ensure base --templates-dir $(DATA_DIR)/templates
 	$(BIN)/python -m corral.templates ensure code-interpreter --templates-dir $(DATA_DIR)/templates
+	$(BIN)/python -m corral.backends.microvm prepare --data-dir $(DATA_DIR) --template base
 
 serve: setup
 	$(BIN)/corral serve --data-dir $(DATA_DIR)

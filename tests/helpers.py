@@ -69,6 +69,8 @@ class ServerProcess:
             CORRAL_DATA_DIR=str(self.data_dir),
             CORRAL_RUN_DIR=str(self.run_dir),
             CORRAL_TEMPLATES_DIR=str(TEMPLATES_DIR),
+            # microVM kernels, images and snapshots: content-keyed, shared with `make template`'s
+            CORRAL_MICROVM_DIR=os.environ.get("CORRAL_MICROVM_DIR", str(TEMPLATES_DIR.parent / "microvm")),
             CORRAL_POOL_SIZE=str(self.pool_size),
             CORRAL_LOG_LEVEL="info",
             CORRAL_ISOLATION="namespace",  # the conformance suite asks for the other backends by name

@@ -30,16 +30,21 @@ def lower_dirs(res: Resolved) -> list[Path]:
 
 def export_image(store: TemplateStore, res: Resolved, headroom_mb: int = 256) -> Path:
     """An ext4 image file of the template (made once per template build, then reused)."""
+    out = store.root / "exports" / f"{res.key or res.name}.ext4"
+    return export_lower_dirs(lower_dirs(res), out, headroom_mb)
+
+
+def export_lower_dirs(lowers: list[Path], out: Path, headroom_mb: int = 256, label: str = "corral-root") -> Path:
+    """An ext4 image at ``out`` of the overlay of ``lowers`` (topmost first), unless it exists."""
     if shutil.which("mkfs.ext4") is None:
         raise UnavailableError("mkfs.ext4 is not installed (apt-get install e2fsprogs)")
-    out = store.root / "exports" / f"{res.key or res.name}.ext4"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
         view, copy = Path(tmp) / "view", Path(tmp) / "copy"
         view.mkdir()
-        lowers = lower_dirs(res)
+        lowers = list(lowers)
         if len(lowers) == 1:
             lowers.append(Path(tmp) / "empty")  # a read-only overlay needs two lower dirs
             lowers[-1].mkdir()
@@ -50,12 +55,16 @@ def export_image(store: TemplateStore, res: Resolved, headroom_mb: int = 256) ->
         finally:
             umount_retry(view)
         _unshift(copy)
-        used_mb = sum(f.stat().st_size for f in copy.rglob("*") if f.is_file() and not f.is_symlink()) // 2**20
+        # What the files take on disk (4 KiB blocks, not their sizes: a root has many small files).
+        du = subprocess.run(["du", "-s", "--block-size=1M", str(copy)], check=True, capture_output=True, text=True)
+        used_mb = int(du.stdout.split()[0])
         image = Path(tmp) / "image.ext4"
-        subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-L", "corral-root", "-d", str(copy), str(image), f"{used_mb * 5 // 4 + headroom_mb}M"],
-            check=True, capture_output=True,
+        mkfs = subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(copy), str(image), f"{used_mb * 5 // 4 + headroom_mb}M"],
+            capture_output=True, text=True,
         )  # fmt: skip
+        if mkfs.returncode != 0:
+            raise UnavailableError(f"mkfs.ext4 of the template failed: {mkfs.stderr.strip()[-500:]}")
         os.replace(image, out)
     return out
 
