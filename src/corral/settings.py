@@ -70,6 +70,11 @@ class Settings(BaseModel):
         description="The host's CA certificates, bound read-only over each sandbox's system bundle so code inside "
         "trusts what the host trusts (a TLS-inspecting proxy's CA, say); empty keeps the template's own (CORRAL_CA_BUNDLE).",
     )
+    microvm_dir: Path | None = Field(
+        None,
+        description="Where the microvm backend keeps guest kernels, initramfs, template images and snapshots (keyed by "
+        "what they are made of, so servers may share it); <data dir>/microvm by default (CORRAL_MICROVM_DIR).",
+    )
     e2b_domain: str | None = Field(
         None,
         description="Domain of E2B host-name routing, <port>-<sandboxID>.<domain>; told to the e2b SDKs "

@@ -77,6 +77,9 @@ class Backend:
     """Base class of the isolation backends (see ARCHITECTURE.md)."""
 
     name = "abstract"
+    # Memory and disk are set when a sandbox starts (a VM's RAM and disk): a started sandbox
+    # (a pooled one) serves only creates that ask for the limits it was started with.
+    fixed_limits = False
 
     def probe(self) -> Probe:
         raise NotImplementedError

@@ -42,10 +42,12 @@ class BackendInfo:
 
 
 class BackendSet:
-    def __init__(self, default: str, **kwargs: Any) -> None:
+    def __init__(self, default: str, only: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> None:
+        """``kwargs`` go to every backend's constructor, ``only[name]`` to that backend's alone."""
         if default not in ISOLATIONS:
             raise ValueError(f"unknown isolation {default!r}; known: {', '.join(ISOLATIONS)}")
         self._kwargs = kwargs
+        self._only = only or {}
         self._loaded: dict[str, Backend] = {}
         self._probes: dict[str, Probe] = {}
         self._wanted = default
@@ -85,7 +87,7 @@ class BackendSet:
         backend = self._loaded.get(name)
         if backend is None:
             try:
-                backend = load_backend(name, **self._kwargs)
+                backend = load_backend(name, **self._kwargs, **self._only.get(name, {}))
             except ValueError as e:
                 raise errors.InvalidRequestError(str(e)) from None
             self._loaded[name] = backend

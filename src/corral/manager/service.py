@@ -79,6 +79,7 @@ class Manager:
         backends = BackendSet(
             settings.isolation, run_dir=settings.run_dir, data_dir=settings.data_dir, subnet=settings.subnet,
             ca_bundle=settings.ca_bundle, dns_upstream=settings.dns_upstream,
+            only={"microvm": {"microvm_dir": settings.microvm_dir}},
         )  # fmt: skip
         return cls(settings, backends, Store(settings.db_path))
 
@@ -190,7 +191,9 @@ class Manager:
         backend = self.backends.choose(req.isolation or template.config.labels.get(ISOLATION_LABEL))
         granted = self.secrets.get(req.secrets) if req.secrets else []
         started = time.perf_counter()
-        handle = await self.pool.claim(req.template, template) if backend is self.backend else None
+        pooled_limits = Limits(s.default_cpu_count, s.default_memory_mb, s.default_disk_mb)
+        poolable = backend is self.backend and (not backend.fixed_limits or limits == pooled_limits)
+        handle = await self.pool.claim(req.template, template) if poolable else None
         if handle is None:
             sandbox_id = new_sandbox_id()
             spec = SandboxSpec(

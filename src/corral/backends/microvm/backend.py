@@ -58,6 +58,7 @@ def memory_for(limits: Limits) -> int:
 
 class MicroVMBackend(NamespaceBackend):
     name = "microvm"
+    fixed_limits = True  # the snapshot sets memory, vCPUs and disk size
 
     def __init__(
         self,
@@ -70,12 +71,13 @@ class MicroVMBackend(NamespaceBackend):
         snapshots: bool = True,
         accel: str | None = None,
         boot_timeout: float = 60.0,
+        microvm_dir: Path | None = None,
     ) -> None:
         # A run dir of its own: the namespace backend takes every dir in its run dir for one of its sandboxes.
         super().__init__(Path(f"{run_dir}-microvm"), data_dir, agent_path, subnet, ca_bundle, dns_upstream)
         # Kernels, initramfs, images and snapshots are keyed by what they are made of: servers with
-        # other data dirs may share them (CORRAL_MICROVM_DIR, e.g. the one `make template` prepared).
-        self.root = Path(os.environ.get("CORRAL_MICROVM_DIR") or self.data_dir / "microvm")
+        # other data dirs may share them (settings.microvm_dir, e.g. the one `make template` prepared).
+        self.root = Path(microvm_dir or os.environ.get("CORRAL_MICROVM_DIR") or self.data_dir / "microvm")
         self.snapshots = snapshots
         self.forced_accel = accel
         self.boot_timeout = boot_timeout
@@ -450,6 +452,10 @@ class MicroVMBackend(NamespaceBackend):
 
     async def stop(self, handle: SandboxHandle) -> None:
         await super().stop(handle)  # SIGKILL to every process of its cgroup: QEMU
+        if handle.state.get("ip"):
+            # A dead guest sends no TCP reset: abort the host's connections to its agent so that
+            # the streams waiting on them end now.
+            await network.run(["ss", "-K", "dst", str(handle.state["ip"])], check=False)
 
     async def cleanup(self, handle: SandboxHandle) -> None:
         sid, st = handle.sandbox_id, handle.state
