@@ -250,13 +250,14 @@ class GVisorBackend(NamespaceBackend):
                 pid = await launcher.run()
             except runsc.RunscError as e:
                 raise errors.SandboxFailedError(f"sandbox {sid} failed to start: {e}") from None
+            st["pid"], st["start_time"] = pid, proc_start_time(pid)
+            self._save_state(handle)
+            t2 = time.perf_counter()
+            await self._wait_agent(handle, launcher)
+            t3 = time.perf_counter()
         finally:
+            launcher.close_ready()
             await asyncio.to_thread(launcher.abort)
-        st["pid"], st["start_time"] = pid, proc_start_time(pid)
-        self._save_state(handle)
-        t2 = time.perf_counter()
-        await self._wait_agent(handle)
-        t3 = time.perf_counter()
         st["timings_ms"] = {
             "prepare": round((t1 - t0) * 1000, 2),
             "runsc": round((t2 - t1) * 1000, 2),
@@ -264,15 +265,28 @@ class GVisorBackend(NamespaceBackend):
         }
         return handle
 
-    async def _wait_agent(self, handle: SandboxHandle) -> None:
-        """Return once the agent answers a connection; fail early if runsc's sandbox is gone."""
+    async def _wait_agent(self, handle: SandboxHandle, launcher: runsc.Launcher | None = None) -> None:
+        """Return once the agent answers a ping; fail early if runsc's sandbox is gone.
+
+        The agent says "ready" on the container's stdout (the launcher's pipe) once it listens:
+        then one ping. Without that line (the sandbox's stdout closed, or a timeout) the port is
+        polled, which also tells a dead sandbox from a slow one."""
         from ...agent.client import AgentClient
 
         st = handle.state
         host, port = st["ip"], AGENT_TCP_PORT
         deadline = time.monotonic() + READY_TIMEOUT
         delay = 0.001
-        while True:
+        ready = False
+        while launcher is not None and time.monotonic() < deadline:
+            # The sentry's gofer may hold the pipe a moment after the sentry died: check it too.
+            got = await launcher.wait_ready(0.25)
+            if got is not None:
+                ready = got
+                break
+            if not await self.is_alive(handle):
+                break
+        while not ready:
             try:
                 # A short connect timeout: a SYN sent before gVisor's network stack took over the
                 # address is lost, and TCP would resend it only after a second.
@@ -280,6 +294,7 @@ class GVisorBackend(NamespaceBackend):
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
+                ready = True
                 break
             except (OSError, TimeoutError):
                 pass

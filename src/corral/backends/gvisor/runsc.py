@@ -84,7 +84,7 @@ _HIDE = (
 _LAUNCH = (
     'for f in $CORRAL_CGROUPS; do echo $$ > "$f" || exit 126; done\n'
     'read go; [ "$go" = go ] || exit 125\n'
-    'exec >>"$CORRAL_CONSOLE" 2>&1 </dev/null\n'
+    'exec 2>>"$CORRAL_CONSOLE" </dev/null\n'
     'exec unshare --mount --propagation private -- /bin/sh -c "$CORRAL_HIDE" sh "$@"\n'
 )
 
@@ -92,8 +92,10 @@ _LAUNCH = (
 class Launcher:
     """``runsc run --detach`` of a bundle, forked early into the sandbox's cgroups (see _LAUNCH).
 
-    The container's stdout and stderr (the agent's, before its own log takes over) go to
-    ``<log_dir>/console.log``.
+    The container's stderr (the agent's, before its own log takes over) goes to
+    ``<log_dir>/console.log``; its stdout is a pipe whose read end is ``ready_fd``: runsc hands
+    its own stdio to the container's process, so the agent (``--ready-fd 1``) says "ready" on it
+    the moment it listens, and the caller reads that instead of polling the agent's port.
     """
 
     def __init__(
@@ -109,14 +111,54 @@ class Launcher:
             "CORRAL_CONSOLE": str(log_dir / "console.log"), "CORRAL_PROC": str(root / "proc"), "CORRAL_HIDE": _HIDE,
         }  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
+        self.ready_fd: int | None = None  # the read end of the container's stdout
+        self._out = b""
 
     async def spawn(self) -> None:
         (self.root / "proc").mkdir(mode=0o500, exist_ok=True)
-        # SECURITY: root's process until it execs runsc (which drops what it does not need).
-        self.proc = await asyncio.to_thread(
-            subprocess.Popen, self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env=self.env, close_fds=True, start_new_session=True,
-        )  # fmt: skip
+        r, w = os.pipe2(os.O_CLOEXEC)
+        self.ready_fd = r
+        try:
+            # SECURITY: root's process until it execs runsc (which drops what it does not need).
+            self.proc = await asyncio.to_thread(
+                subprocess.Popen, self.argv, stdin=subprocess.PIPE, stdout=w,
+                stderr=subprocess.DEVNULL, env=self.env, close_fds=True, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(w)  # the sandbox holds the write end: EOF once it is gone
+
+    async def wait_ready(self, timeout: float) -> bool | None:
+        """True once the container's process wrote a line "ready"; False on EOF (the sandbox's
+        stdout closed first); None if neither came within ``timeout`` seconds."""
+        fd = self.ready_fd
+        if fd is None:
+            return False
+        os.set_blocking(fd, False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while b"ready\n" not in self._out:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                readable = loop.create_future()
+                loop.add_reader(fd, _set_once, readable)
+                try:
+                    await asyncio.wait_for(readable, max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    return None
+                finally:
+                    loop.remove_reader(fd)
+                continue
+            if not chunk:
+                return False
+            self._out = self._out[-64:] + chunk
+        return True
+
+    def close_ready(self) -> None:
+        if self.ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.ready_fd)
+            self.ready_fd = None
 
     async def run(self) -> int:
         """Let runsc go; return the sandbox (sentry) process's pid once the container runs."""
@@ -155,6 +197,11 @@ class Launcher:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def state_files(root: Path, container_id: str) -> list[Path]:

@@ -86,6 +86,7 @@ def agent_args(cfg: BundleConfig) -> list[str]:
         "/usr/bin/python3", "-I", "-S", "-c", INIT, BUNDLE_INSIDE if cfg.agent_bundle else "-", AGENT_PATH_INSIDE,
         "--socket", f"tcp:{cfg.address}:{cfg.port}", "--allow-peer", cfg.host_address,
         "--log", f"{RUN_DIR_INSIDE}/agent.log",
+        "--ready-fd", "1",  # the container's stdout: runsc's, a pipe the backend reads (runsc.Launcher)
     ]  # fmt: skip
 
 
