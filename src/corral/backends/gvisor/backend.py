@@ -266,11 +266,14 @@ class GVisorBackend(NamespaceBackend):
         return handle
 
     async def _wait_agent(self, handle: SandboxHandle, launcher: runsc.Launcher | None = None) -> None:
-        """Return once the agent answers a ping; fail early if runsc's sandbox is gone.
+        """Return once the agent accepts connections; fail early if runsc's sandbox is gone.
 
-        The agent says "ready" on the container's stdout (the launcher's pipe) once it listens:
-        then one ping. Without that line (the sandbox's stdout closed, or a timeout) the port is
-        polled, which also tells a dead sandbox from a slow one."""
+        The agent says "ready" on the container's stdout (the launcher's pipe) once it listens
+        (its address is gVisor's then: a connection cannot be lost to a SYN the netstack missed).
+        That is enough: a ping as well costs a round trip, and its connection makes the agent
+        import what exec needs (``server.preload``) just as the first exec comes in, which then
+        waits for it (~20 ms here). Without that line (the sandbox's stdout closed, or a timeout)
+        the port is polled and the agent pinged, which also tells a dead sandbox from a slow one."""
         from ...agent.client import AgentClient
 
         st = handle.state
@@ -286,7 +289,9 @@ class GVisorBackend(NamespaceBackend):
                 break
             if not await self.is_alive(handle):
                 break
-        while not ready:
+        if ready:
+            return
+        while True:
             try:
                 # A short connect timeout: a SYN sent before gVisor's network stack took over the
                 # address is lost, and TCP would resend it only after a second.
@@ -294,7 +299,6 @@ class GVisorBackend(NamespaceBackend):
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
-                ready = True
                 break
             except (OSError, TimeoutError):
                 pass
