@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 from corral.backends.base import Limits
@@ -53,6 +55,7 @@ def test_spec_agent_listens_for_the_host_only(tmp_path: Path) -> None:
     i = args.index("--socket")
     assert args[i + 1] == "tcp:10.213.0.2:49982"
     assert args[args.index("--allow-peer") + 1] == "10.213.0.1"
+    assert args[args.index("--ready-fd") + 1] == "1"  # the container's stdout: the launcher's pipe
     with_bundle = spec.config(_cfg(tmp_path, agent_bundle=tmp_path / "agent.bundle"))["process"]["args"]
     assert with_bundle[5] == spec.BUNDLE_INSIDE
 
@@ -105,3 +108,25 @@ def test_failure_reason(tmp_path: Path) -> None:
     why = runsc.failure_reason(tmp_path)
     assert why.startswith("runsc could not create a thread: the sandbox hit its pids limit"), why
     assert "error initializing first thread" in why
+
+
+def test_launcher_reads_the_ready_line(tmp_path: Path) -> None:
+    async def wait(writes: list[bytes], close: bool) -> bool | None:
+        launcher = runsc.Launcher(tmp_path, tmp_path / "bundle", "sb-1", tmp_path / "log", [])
+        r, w = os.pipe()
+        launcher.ready_fd = r
+        try:
+            loop = asyncio.get_running_loop()
+            for i, data in enumerate(writes):
+                loop.call_later(0.01 * (i + 1), os.write, w, data)
+            if close:
+                loop.call_later(0.01 * (len(writes) + 1), os.close, w)
+            return await launcher.wait_ready(0.5)
+        finally:
+            launcher.close_ready()
+            if not close:
+                os.close(w)
+
+    assert asyncio.run(wait([b"rea", b"dy\n"], close=False)) is True  # split across reads
+    assert asyncio.run(wait([b"Traceback ...\n"], close=True)) is False  # EOF first: the sandbox is gone
+    assert asyncio.run(wait([], close=False)) is None  # nothing yet
