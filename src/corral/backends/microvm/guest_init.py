@@ -56,7 +56,7 @@ def start_agent():
                 os.dup2(null, fd)
             os.execv(sys.executable, [
                 sys.executable, "-I", "-S", RUN + "/agent", "--socket", f"tcp:{GUEST_IP}:{AGENT_PORT}",
-                "--allow-peer", GATEWAY, "--ready-fd", "3", "--log", RUN + "/agent.log",
+                "--allow-peer", GATEWAY, "--warm", "--ready-fd", "3", "--log", RUN + "/agent.log",
             ])  # fmt: skip
         finally:
             os._exit(127)
