@@ -54,6 +54,13 @@ OPS = {
 _PRELOADED = False
 
 
+def enable_identity():
+    """The ``identity`` op (``--identity``: a microVM's agent only)."""
+    from .identity import op_identity
+
+    OPS["identity"] = op_identity
+
+
 def preload():
     """Import what exec and file operations need, off the start-up path."""
     global _PRELOADED
