@@ -565,8 +565,9 @@ def _wait_resumed(qmp_path: Path) -> None:
             if status == "running":
                 return
             if status == "inmigrate":
+                # No MIGRATION events unless asked for: in effect a short pause between polls.
                 with contextlib.suppress(qemu.QMPError):
-                    q.wait_event("MIGRATION", 0.01)
+                    q.wait_event("MIGRATION", 0.002)
                 continue
             if status in ("paused", "postmigrate", "prelaunch"):
                 q.command("cont")
