@@ -225,6 +225,11 @@ class AgentClient:
         """``{"ok": True, "pid": N, "version": str}``."""
         return await self._call({"op": "ping"}, timeout)
 
+    async def identity(self, identity: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """A microVM guest's own identity (hostname, sandbox_id, time, seed, resolv): its agent's
+        first request after a restore."""
+        return await self._call({**identity, "op": "identity"}, timeout)
+
     async def configure(self, envs: dict[str, str] | None = None, hostname: str | None = None) -> None:
         """Set the sandbox-wide environment every later command inherits (replaces the previous one)."""
         await self._call({"op": "configure", "envs": dict(envs or {}), "hostname": hostname})

@@ -20,6 +20,7 @@ first request has been answered, or when first needed.
 - ``proc.py``: a started process, its output buffer and subscribers; command timeouts
 - ``processes.py``: process operations (configure, exec, connect, list, stdin, signal, resize)
 - ``terminal.py``: processes on a pseudo-terminal (``exec`` with ``pty``), their input and size
+- ``identity.py``: a microVM guest's own identity (``--identity``)
 - ``server.py``: socket, accept loop, dispatch, preload
 - ``__main__.py``: command line, start-up
 """

@@ -3,6 +3,10 @@
     python3 -I -S <this directory> --socket /run/corral/agent.sock --ready-fd 3 --log /run/corral/agent.log
     python3 -I -S <this directory> --socket tcp:10.213.0.2:49982 --allow-peer 10.213.0.1 ...
 
+``--warm``: run one throwaway command through exec's path before saying ready (a microVM's
+guest is snapshotted right after: its restores start with that work done). ``--identity``: the
+``identity`` op (``identity.py``), by which a microVM's host gives each restored guest its own.
+
 Inside a sandbox the prelude (``corral.backends.namespace.bwrap``) runs this module as the
 package's ``__main__`` from the host-compiled bundle, or else runs the directory like the line
 above.
@@ -23,9 +27,12 @@ else:  # python3 <this directory>: sys.path[0] is the directory; import it as a 
 
 
 def parse_args(argv):
-    opts = {"socket": "/run/corral/agent.sock", "ready_fd": None, "log": None, "allow_peer": None}
+    opts = {"socket": "/run/corral/agent.sock", "ready_fd": None, "log": None, "allow_peer": None, "warm": False, "identity": False}
     it = iter(argv)
     for arg in it:
+        if arg in ("--warm", "--identity"):
+            opts[arg[2:]] = True
+            continue
         key, eq, val = arg.partition("=")
         if key not in ("--socket", "--ready-fd", "--log", "--allow-peer"):
             raise SystemExit("agent: unknown argument " + arg)
@@ -44,6 +51,10 @@ def main(argv=None):
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     os.umask(0o022)
     sock = server.listen(opts["socket"])
+    if opts["identity"]:
+        server.enable_identity()
+    if opts["warm"]:
+        server.warm()
     if opts["ready_fd"] is not None:
         try:
             os.write(opts["ready_fd"], b"ready\n")

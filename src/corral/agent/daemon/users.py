@@ -6,18 +6,57 @@ import os
 
 from .wire import AgentError, f_str, invalid
 
+# name -> (files' signature, passwd entry, groups): a lookup reads /etc/passwd and /etc/group
+# (slow the first time after a microVM restore: cold code under TCG); kept while those files are
+# unchanged (inode, size, mtime and ctime of each).
+_USERS: dict = {}
+_USER_FILES = ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
 
-def get_user(req):
+
+def _user_files_signature():
+    sig = []
+    for path in _USER_FILES:
+        try:
+            st = os.stat(path)
+            sig.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        except OSError:
+            sig.append(None)
+    return tuple(sig)
+
+
+def _lookup(name):
+    sig = _user_files_signature()
+    hit = _USERS.get(name)
+    if hit is not None and hit[0] == sig:
+        return hit
     import pwd
 
+    pw = pwd.getpwnam(name)  # KeyError: unknown
+    try:
+        groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
+    except OSError:
+        groups = [pw.pw_gid]
+    if len(_USERS) > 64:
+        _USERS.clear()
+    entry = _USERS[name] = (sig, pw, groups)
+    return entry
+
+
+def get_user(req):
     name = f_str(req, "user", default="user")
     try:
-        return pwd.getpwnam(name)
+        return _lookup(name)[1]
     except KeyError:
         raise invalid("unknown user: " + name) from None
 
 
 def user_groups(pw):
+    try:
+        hit = _lookup(pw.pw_name)
+    except KeyError:
+        hit = None
+    if hit is not None and hit[1] == pw:
+        return list(hit[2])
     try:
         return os.getgrouplist(pw.pw_name, pw.pw_gid)
     except OSError:

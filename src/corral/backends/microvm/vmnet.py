@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..namespace import network
-from .assets import GATEWAY, GUEST_IP
-from .qemu import TAP
+from .assets import GATEWAY, GATEWAY_MAC, GUEST_IP
+from .qemu import MAC, TAP
 
 TABLE = "corralvm"
 
@@ -41,8 +41,11 @@ async def add_tap(netns: str, sandbox_ip: str | None) -> None:
     """tap0 in the netns (and, for a sandbox with an address, forwarding and NAT to its veth)."""
     await network.run(["ip", "-n", netns, "-batch", "-"], input=(
         f"tuntap add dev {TAP} mode tap\n"
+        f"link set {TAP} address {GATEWAY_MAC}\n"
         f"addr add {GATEWAY}/30 dev {TAP}\n"
         f"link set {TAP} up\n"
+        # No ARP: the guest's MAC is fixed (qemu.MAC), as is tap0's, which stage 1 gives the guest.
+        f"neigh replace {GUEST_IP} lladdr {MAC} dev {TAP} nud permanent\n"
         "link set lo up\n"
     ))  # fmt: skip
     if sandbox_ip is None:
