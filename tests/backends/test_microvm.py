@@ -316,6 +316,27 @@ def test_reap_orphans_after_crash(backend: MicroVMBackend, rootfs: Path) -> None
     asyncio.run(main())
 
 
+def test_another_server_reaping_leaves_live_guests_alone(backend: MicroVMBackend, rootfs: Path) -> None:
+    """Servers sharing a data dir share its disk dir: one's startup must not reap the other's guests."""
+
+    async def main() -> None:
+        h = await backend.start(SandboxSpec(sid("shared"), rootfs))
+        stray = backend.root / "sandboxes" / f"{sid('stray')}.qcow2"
+        stray.write_bytes(b"")  # a disk whose server is gone and whose QEMU is not running
+        other = MicroVMBackend(run_dir=Path(f"/run/corral-test-{secrets.token_hex(4)}"), data_dir=DATA_DIR)
+        try:
+            assert h.sandbox_id not in await other.reap_orphans(keep=set())
+            assert not stray.exists()
+            assert await ok(h, "echo alive") == "alive\n"
+        finally:
+            await other.close()
+            await backend.stop(h)
+            await backend.cleanup(h)
+        assert vm_leftovers(backend, h) == []
+
+    asyncio.run(main())
+
+
 def test_host_disk_full_fails_the_sandbox(
     backend: MicroVMBackend, rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -193,6 +193,7 @@ class MicroVMBackend(NamespaceBackend):
         sdir = self.run_dir / sid
         try:
             # SECURITY: root's dir: QEMU's sockets and logs; nothing in it is the guest's to touch.
+            self.run_dir.mkdir(mode=0o700, exist_ok=True)  # close() removes it once empty
             sdir.mkdir(mode=0o700)
         except FileExistsError:
             raise errors.ConflictError(f"sandbox {sid!r} already exists on this host") from None
@@ -520,7 +521,14 @@ class MicroVMBackend(NamespaceBackend):
         # No _ensure_ready: a server starting up must not fetch a kernel or probe KVM to find orphans.
         self._cg_version = self._cg_version or cgroups.detect_version()
         ids = {p.name for p in _iterdir(self.run_dir) if p.is_dir() and not p.is_symlink()}
-        ids |= {p.name.removesuffix(".qcow2") for p in _iterdir(self.root / "sandboxes") if p.name.endswith(".qcow2")}
+        # The disk dir is shared by every server using this data dir (each has its own run dir): a disk
+        # with no sandbox dir here is another server's while a QEMU holds it open, else a leftover.
+        disks = [p for p in _iterdir(self.root / "sandboxes") if p.name.endswith(".qcow2")]
+        stray = [p for p in disks if p.name.removesuffix(".qcow2") not in ids | set(keep)]
+        held = _open_files() if stray else set()
+        for p in stray:
+            if str(p) not in held:
+                p.unlink(missing_ok=True)
         # Netns of snapshot guests whose server died while making one.
         for name in network.list_netns_ids():
             if name.startswith("snap-"):
@@ -590,6 +598,20 @@ def _describe(status: int) -> str:
     if os.WIFEXITED(status):
         return f"exit code {os.WEXITSTATUS(status)}"
     return f"status {status}"
+
+
+def _open_files() -> set[str]:
+    """Paths that some process on the host has open."""
+    paths = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                paths.add(os.readlink(fd))
+    return paths
 
 
 def _pid_alive(pid: str) -> bool:
