@@ -1,6 +1,7 @@
 """Every isolation backend in the same run (issue 7): create -> first output, and idle host memory.
 
-    python -m bench.backends            (part of `make bench`; BENCH_QUICK=1 for a short run)
+    python -m bench.backends            (part of `make bench`; BENCH_QUICK=1 for a short run,
+                                        BENCH_BACKENDS=gvisor,microvm for some backends only)
 
 Through the SDK against one server with the warm pool off, so each create really starts a
 sandbox on the backend asked for; then against a server whose default is that backend, with its
@@ -34,6 +35,7 @@ from helpers import TEMPLATES_DIR, ServerProcess  # noqa: E402
 from .floor import bare_bwrap_echo  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
+ONLY = set(filter(None, os.environ.get("BENCH_BACKENDS", "").split(",")))  # e.g. BENCH_BACKENDS=gvisor,microvm
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"gvisor": "p50 <= 250 ms", "microvm": "p50 <= 250 ms (snapshot restore, TCG here)"}
 
@@ -175,6 +177,8 @@ def main() -> int:
     try:
         infos = {b.name: b for b in Sandbox.backends(**kw)}
         for name, info in infos.items():
+            if ONLY and name not in ONLY:
+                continue
             entry: dict[str, Any] = {"works": info.works, "reason": info.reason}
             results["backends"][name] = entry
             if not info.works:

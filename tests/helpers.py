@@ -74,8 +74,8 @@ class ServerProcess:
             CORRAL_POOL_SIZE=str(self.pool_size),
             CORRAL_LOG_LEVEL="info",
             CORRAL_ISOLATION="namespace",  # the conformance suite asks for the other backends by name
-            **self.extra_env,
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> ServerProcess:

@@ -97,7 +97,8 @@ def warm():
     agent does this before its guest is snapshotted, so every restored guest finds the modules
     imported and the files an exec reads in its page cache)."""
     preload()
-    for req in ({"cmd": "/bin/true", "args": []}, {"cmd": "/bin/true", "args": [], "user": "root"}):
+    login = {"cmd": "/bin/bash", "args": ["-l", "-c", "true"]}  # how the host runs commands (E2B's semantics)
+    for req in (login, {**login, "user": "root"}):
         try:
             json_loads('{"op": "exec"}')
             processes.op_exec(_NullConn(), req)
