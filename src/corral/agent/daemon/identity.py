@@ -7,6 +7,7 @@ sends this before it hands the sandbox to anyone.
 """
 
 import os
+import sys
 
 from .wire import f_str, invalid
 
@@ -50,6 +51,9 @@ def op_identity(conn, req):
         fcntl.ioctl(fd, RNDRESEEDCRNG)
     finally:
         os.close(fd)
+    rng = sys.modules.get("random")  # this process's own generator, if anything imported it
+    if rng is not None:
+        rng.seed(os.urandom(32))
     time.clock_settime(time.CLOCK_REALTIME, float(when))
     _socket.sethostname(name)
     _write("/etc/hostname", name + "\n")
