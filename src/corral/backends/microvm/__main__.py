@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                                limits=Limits(memory_mb=args.memory_mb, disk_mb=args.disk_mb))  # fmt: skip
             snap = asyncio.run(backend.ensure_snapshot(spec))
             print(f"template {name}: snapshot {snap.dir}")
+        asyncio.run(backend.close())  # its (empty) run dir
     return 0
 
 
