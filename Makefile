@@ -50,11 +50,12 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 # The templates (base, and code-interpreter with Jupyter kernels), built with mmdebstrap and cached
-# until their recipe changes.
+# until their recipe changes; the microVM guest kernel, initramfs and base snapshot likewise.
 template: venv
 	$(BIN)/python -m corral.templates ensure base --templates-dir $(DATA_DIR)/templates
 	$(BIN)/python -m corral.templates ensure code-interpreter --templates-dir $(DATA_DIR)/templates
 	$(BIN)/python -m corral.backends.microvm prepare --data-dir $(DATA_DIR) --template base
+	$(BIN)/python -m corral.backends.microvm gc --data-dir $(DATA_DIR)  # older agents' snapshots (remade on use)
 
 serve: setup
 	$(BIN)/corral serve --data-dir $(DATA_DIR)
