@@ -30,7 +30,7 @@ from corral.backends.namespace.backend import proc_start_time
 from corral.templates import template_path
 from helpers import TEMPLATES_DIR
 
-from .nshelpers import leftovers, ok, sh
+from .nshelpers import leftovers, ok, sandbox, sh
 from .test_namespace import _serve, outside  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.privileged
@@ -90,8 +90,7 @@ def test_restore_exec_files_and_isolation(backend: MicroVMBackend, rootfs: Path)
     marker.write_text("host only")
 
     async def main() -> None:
-        h = await backend.start(SandboxSpec(sid(), rootfs, Limits(memory_mb=512)))
-        try:
+        async with sandbox(backend, rootfs, sid(), Limits(memory_mb=512)) as h:
             assert h.state["restored"] is True
             assert str(h.agent_socket).startswith("tcp:")
             assert (await AgentClient(h.agent_socket).ping())["ok"] is True
@@ -121,8 +120,6 @@ def test_restore_exec_files_and_isolation(backend: MicroVMBackend, rootfs: Path)
             await backend.stop(h)
             await asyncio.wait_for(waiter, 10)
             assert not await backend.is_alive(h)
-        finally:
-            await backend.cleanup(h)
         await backend.cleanup(h)  # idempotent
         assert vm_leftovers(backend, h) == []
 
@@ -164,8 +161,7 @@ def test_network_rules_apply(backend: MicroVMBackend, rootfs: Path, outside: tup
     anyaddr, any_port = _serve("0.0.0.0")
 
     async def main() -> None:
-        h = await backend.start(SandboxSpec(sid(), rootfs, internet=False))
-        try:
+        async with sandbox(backend, rootfs, sid(), internet=False) as h:
             assert not await tcp_ok(h, "198.51.100.2", port)
             await backend.configure(h, Limits(), internet=True)
             assert await tcp_ok(h, "198.51.100.2", port)
@@ -197,8 +193,6 @@ def test_network_rules_apply(backend: MicroVMBackend, rootfs: Path, outside: tup
                                 f"import socket; socket.create_connection(('{h.state['ip']}', 8001), 1.5)"],
                                capture_output=True)  # fmt: skip
             assert r.returncode != 0
-        finally:
-            await backend.cleanup(h)
         assert vm_leftovers(backend, h) == []
 
     try:
@@ -212,15 +206,12 @@ def test_network_rules_apply(backend: MicroVMBackend, rootfs: Path, outside: tup
 
 def test_qemu_killed_from_outside(backend: MicroVMBackend, rootfs: Path) -> None:
     async def main() -> None:
-        h = await backend.start(SandboxSpec(sid("kill"), rootfs))
-        try:
+        async with sandbox(backend, rootfs, sid("kill")) as h:
             waiter = asyncio.ensure_future(backend.wait_exit(h))
             os.kill(int(h.state["pid"]), signal.SIGKILL)
             await asyncio.wait_for(waiter, 10)
             assert not await backend.is_alive(h)
             assert "killed by signal 9" in (await backend.exit_reason(h) or "")
-        finally:
-            await backend.cleanup(h)
         assert vm_leftovers(backend, h) == []
         assert proc_start_time(int(h.state["pid"])) != h.state["start_time"]
 
@@ -320,18 +311,16 @@ def test_another_server_reaping_leaves_live_guests_alone(backend: MicroVMBackend
     """Servers sharing a data dir share its disk dir: one's startup must not reap the other's guests."""
 
     async def main() -> None:
-        h = await backend.start(SandboxSpec(sid("shared"), rootfs))
-        stray = backend.root / "sandboxes" / f"{sid('stray')}.qcow2"
-        stray.write_bytes(b"")  # a disk whose server is gone and whose QEMU is not running
-        other = MicroVMBackend(run_dir=Path(f"/run/corral-test-{secrets.token_hex(4)}"), data_dir=DATA_DIR)
-        try:
-            assert h.sandbox_id not in await other.reap_orphans(keep=set())
-            assert not stray.exists()
-            assert await ok(h, "echo alive") == "alive\n"
-        finally:
-            await other.close()
-            await backend.stop(h)
-            await backend.cleanup(h)
+        async with sandbox(backend, rootfs, sid("shared")) as h:
+            stray = backend.root / "sandboxes" / f"{sid('stray')}.qcow2"
+            stray.write_bytes(b"")  # a disk whose server is gone and whose QEMU is not running
+            other = MicroVMBackend(run_dir=Path(f"/run/corral-test-{secrets.token_hex(4)}"), data_dir=DATA_DIR)
+            try:
+                assert h.sandbox_id not in await other.reap_orphans(keep=set())
+                assert not stray.exists()
+                assert await ok(h, "echo alive") == "alive\n"
+            finally:
+                await other.close()
         assert vm_leftovers(backend, h) == []
 
     asyncio.run(main())

@@ -398,27 +398,10 @@ class GVisorBackend(NamespaceBackend):
 
     async def reap_orphans(self, keep: set[str]) -> list[str]:
         await self._ensure_ready()
-        ids = set()
-        for p in _iterdir(self.run_dir):
-            if not (p.is_dir() and not p.is_symlink() and ID_RE.match(p.name)):
-                continue
-            if self._load_state(p.name).get("backend", self.name) == self.name:  # the run dir is shared
-                ids.add(p.name)
+        ids = {p.name for p in _iterdir(self.run_dir) if p.is_dir() and not p.is_symlink()}  # the run dir is shared
         ids |= runsc.list_ids(self.runsc_root)
         await network.remove_stale_policies()
-        reaped = []
-        for sid in sorted(ids - set(keep)):
-            if not ID_RE.match(sid):
-                continue
-            handle = self.handle_from_state(sid, self._load_state(sid))
-            try:
-                await self.cleanup(handle)
-            except errors.CorralError as e:
-                log.warning("reaping sandbox %s: %s", sid, e)
-                continue
-            reaped.append(sid)
-        self._free_stale_addresses(keep)
-        return reaped
+        return await self._reap_sandboxes(ids, keep)  # only the sandboxes whose state names gvisor
 
     async def close(self) -> None:
         """Running sandboxes keep running (a new server reattaches); what none uses goes."""

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..namespace import overlay
+from ..namespace import bwrap, overlay
 
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PLATFORM = "ptrace"  # kvm hangs on hosts that are themselves VMs without nested paging (design.md)
@@ -140,14 +140,8 @@ class Launcher:
             try:
                 chunk = os.read(fd, 4096)
             except BlockingIOError:
-                readable = loop.create_future()
-                loop.add_reader(fd, _set_once, readable)
-                try:
-                    await asyncio.wait_for(readable, max(0.0, deadline - loop.time()))
-                except TimeoutError:
+                if not await bwrap.wait_readable(fd, max(0.0, deadline - loop.time())):
                     return None
-                finally:
-                    loop.remove_reader(fd)
                 continue
             if not chunk:
                 return False
@@ -197,11 +191,6 @@ class Launcher:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _set_once(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def state_files(root: Path, container_id: str) -> list[Path]:

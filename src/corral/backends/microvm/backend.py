@@ -468,44 +468,18 @@ class MicroVMBackend(NamespaceBackend):
             await network.run(["ss", "-K", "dst", str(handle.state["ip"])], check=False)
 
     async def cleanup(self, handle: SandboxHandle) -> None:
+        """The namespace backend's (QEMU killed with its cgroup, network, cgroups, files), then the disk."""
         sid, st = handle.sandbox_id, handle.state
-        sdir = Path(st.get("dir") or self.run_dir / sid)
-        failures: list[str] = []
-
-        async def step(what: str, fn: Any) -> None:
-            try:
-                r = fn()
-                if asyncio.iscoroutine(r):
-                    await r
-            except Exception as e:
-                failures.append(f"{what}: {e}")
-                log.warning("cleanup of sandbox %s: %s failed: %s", sid, what, e)
-
-        await step("stop", lambda: self.stop(handle))
-        if st.get("ip"):
-            if self._resolver is not None:
-                self._resolver[0].rules.pop(st["ip"], None)
-            if self._proxy is not None:
-                self._proxy[0].sandboxes.pop(st["ip"], None)
-        self._secrets.pop(sid, None)
-        veth = st.get("veth") or network.veth_name(sid)
-        had_rules = bool(st.get("policy") or st.get("egress_chain"))
-
-        async def teardown() -> None:
-            await asyncio.gather(
-                network.set_internet(veth, False), network.destroy(sid, veth),
-                *([network.remove_policy(veth)] if had_rules else []),
-            )  # fmt: skip
-
-        await step("network", teardown)
-        version = int(st.get("cgroup_version") or self._cg_version or cgroups.detect_version() or 1)
-        await step("cgroups", lambda: cgroups.SandboxCgroup(version, sid).remove())
+        failures = []
+        try:
+            await super().cleanup(handle)
+        except errors.CorralError as e:
+            failures.append(str(e))
         disk = Path(st.get("disk_file") or self.root / "sandboxes" / f"{sid}.qcow2")
-        await step("disk", lambda: disk.unlink(missing_ok=True))
-        await step("files", lambda: shutil.rmtree(sdir) if sdir.exists() else None)
-        idx = st.get("ip_index")
-        if idx is not None and not failures:
-            self.pool.free(int(idx), owner=str(sdir))
+        try:
+            disk.unlink(missing_ok=True)
+        except OSError as e:
+            failures.append(f"disk: {e}")
         if failures:
             raise errors.CorralError(f"cleanup of sandbox {sid} incomplete: {'; '.join(failures)}")
 
@@ -536,19 +510,7 @@ class MicroVMBackend(NamespaceBackend):
         for p in _iterdir(self.root / "snapshots"):
             if p.name.startswith(".") and p.name.split(".")[2:3] and not _pid_alive(p.name.split(".")[2]):
                 shutil.rmtree(p, ignore_errors=True)
-        reaped = []
-        for sid in sorted(ids - set(keep)):
-            if not ID_RE.match(sid):
-                continue
-            handle = self.handle_from_state(sid, self._load_state(sid))
-            try:
-                await self.cleanup(handle)
-            except errors.CorralError as e:
-                log.warning("reaping sandbox %s: %s", sid, e)
-                continue
-            reaped.append(sid)
-        self._free_stale_addresses(keep)
-        return reaped
+        return await self._reap_sandboxes(ids, keep)
 
     async def close(self) -> None:
         if self._resolver is not None:

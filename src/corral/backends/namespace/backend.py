@@ -586,6 +586,11 @@ class NamespaceBackend(Backend):
         ids |= _stale_foreign_ids(self.run_dir, set(ids))
         # Egress objects whose veth is gone (a crash between the two, or an older server's leak).
         await network.remove_stale_policies()
+        return await self._reap_sandboxes(ids, keep)
+
+    async def _reap_sandboxes(self, ids: set[str], keep: set[str]) -> list[str]:
+        """Clean up the sandboxes ``ids`` of this backend that no record keeps; free the address
+        reservations nothing owns any more. The reaped ids."""
         reaped = []
         for sid in sorted(ids - set(keep)):
             if not ID_RE.match(sid):

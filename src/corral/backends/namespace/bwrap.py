@@ -312,17 +312,24 @@ async def read_fd(fd: int, *, until: bytes = b"", timeout: float | None = None) 
         try:
             chunk = os.read(fd, 4096)
         except BlockingIOError:
-            ev = asyncio.Event()
-            loop.add_reader(fd, ev.set)
-            try:
-                left = None if deadline is None else max(0.0, deadline - loop.time())
-                await asyncio.wait_for(ev.wait(), left)
-            except TimeoutError:
+            if not await wait_readable(fd, None if deadline is None else max(0.0, deadline - loop.time())):
                 return None
-            finally:
-                loop.remove_reader(fd)
             continue
         if not chunk:
             break
         data += chunk
     return data
+
+
+async def wait_readable(fd: int, timeout: float | None) -> bool:
+    """Wait until a non-blocking fd has data (or EOF); False if ``timeout`` seconds pass first."""
+    loop = asyncio.get_running_loop()
+    ev = asyncio.Event()
+    loop.add_reader(fd, ev.set)
+    try:
+        await asyncio.wait_for(ev.wait(), timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+    return True
