@@ -48,6 +48,29 @@ def mem_available() -> int:
     raise RuntimeError("no MemAvailable")
 
 
+def rss_pss(pids: set[int]) -> tuple[int, int]:
+    """Bytes of resident and proportional set size, summed over ``pids`` (gone ones count 0)."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return rss, pss
+
+
+def write_results(kind: str, results: dict) -> Path:
+    """``bench/results/<kind>-<time>.json``."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=1))
+    return out
+
+
 def bench_create_run_kill(server: ServerProcess, runs: int, gap: float) -> dict:
     """Sequential create -> first output of `echo hi` -> kill, one cycle every ``gap`` seconds."""
     kw = {"api_url": server.url, "api_key": server.api_key}
@@ -226,10 +249,7 @@ def main() -> int:
     print(f"\n{'scenario':<{width}}  {'p50 / value':>18}  {'p95 / extra':>18}  target")
     for name, a, b, target in rows:
         print(f"{name:<{width}}  {a:>18}  {b:>18}  {target}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"core-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {out}")
+    print(f"\nwrote {write_results('core', results)}")
     return 0
 
 

@@ -17,7 +17,6 @@ command line names the sandbox, and their descendants).
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import time
@@ -32,22 +31,12 @@ from corral import Sandbox  # noqa: E402
 from corral.templates import template_path  # noqa: E402
 from helpers import TEMPLATES_DIR, ServerProcess  # noqa: E402
 
+from .__main__ import mem_available, ms, rss_pss, write_results  # noqa: E402
 from .floor import bare_bwrap_echo  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ONLY = set(filter(None, os.environ.get("BENCH_BACKENDS", "").split(",")))  # e.g. BENCH_BACKENDS=gvisor,microvm
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"gvisor": "p50 <= 250 ms", "microvm": "p50 <= 250 ms (snapshot restore, TCG here)"}
-
-
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-def ms(samples: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(pct(samples, 50) * 1000, 1), "p95_ms": round(pct(samples, 95) * 1000, 1),
-            "min_ms": round(min(samples) * 1000, 1), "n": len(samples)}  # fmt: skip
 
 
 def create_to_first_output(kw: dict[str, str], isolation: str, runs: int, gap: float = 0.0) -> dict[str, float]:
@@ -82,13 +71,6 @@ def pooled_create_to_first_output(isolation: str, runs: int) -> dict[str, float]
         server.remove_dirs()
 
 
-def mem_available() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable")
-
-
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for p in Path("/proc").iterdir():
@@ -119,20 +101,6 @@ def sandbox_processes(sandbox_id: str) -> set[int]:
             found.add(pid)
             todo += kids.get(pid, [])
     return found
-
-
-def rss_pss(pids: set[int]) -> tuple[int, int]:
-    rss = pss = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1]) * 1024
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return rss, pss
 
 
 def idle_memory(kw: dict[str, str], isolation: str, count: int, memory_mb: int) -> dict[str, Any]:
@@ -207,10 +175,7 @@ def main() -> int:
         idle = f"{i['host_mib_each']}/{i['rss_mib_each']}/{i['pss_mib_each']}"
         pooled = f"{p['p50_ms']} / {p['p95_ms']} ms"
         print(f"{name:<10} {c['p50_ms']:>17} / {c['p95_ms']} ms {pooled:>20} {floor:>10} {idle:>28}  {TARGETS.get(name, '-')}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"backends-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {out}")
+    print(f"\nwrote {write_results('backends', results)}")
     return 0
 
 

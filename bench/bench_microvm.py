@@ -13,7 +13,6 @@ with 256 MiB sit idle; RSS and PSS of each one's QEMU (``/proc/<pid>/smaps_rollu
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import shutil
@@ -33,20 +32,11 @@ from corral.backends.microvm.backend import MicroVMBackend  # noqa: E402
 from corral.templates import template_path  # noqa: E402
 from helpers import TEMPLATES_DIR  # noqa: E402
 
+from .__main__ import ms, rss_pss, write_results  # noqa: E402
+
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 DATA_DIR = Path(os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral"))
 RUN_DIR = Path("/run/corral-bench")
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-def ms(samples: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(pct(samples, 50) * 1000, 1), "p95_ms": round(pct(samples, 95) * 1000, 1),
-            "min_ms": round(min(samples) * 1000, 1), "n": len(samples)}  # fmt: skip
 
 
 def spec(memory_mb: int = 512) -> SandboxSpec:
@@ -115,16 +105,6 @@ def floor(runs: int) -> list[float]:
     return asyncio.run(_floor(runs))
 
 
-def rss_pss(pid: int) -> tuple[int, int]:
-    rss = pss = 0
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Rss:"):
-            rss = int(line.split()[1]) * 1024
-        elif line.startswith("Pss:"):
-            pss = int(line.split()[1]) * 1024
-    return rss, pss
-
-
 async def idle_memory(backend: MicroVMBackend, count: int, memory_mb: int = 256) -> dict[str, Any]:
     handles = []
     try:
@@ -134,7 +114,7 @@ async def idle_memory(backend: MicroVMBackend, count: int, memory_mb: int = 256)
             async for _ev in AgentClient(h.agent_socket).exec("/bin/true", [], user="user"):
                 pass
         await asyncio.sleep(3)  # idle
-        per = [rss_pss(int(h.state["pid"])) for h in handles]
+        per = [rss_pss({int(h.state["pid"])}) for h in handles]
     finally:
         await asyncio.gather(*(backend.cleanup(h) for h in handles))
     mib = 2**20
@@ -177,10 +157,7 @@ def main() -> int:
     i = res["idle"]
     print(f"idle, {i['memory_mb']} MiB guests: QEMU RSS {i['rss_mib_each']} MiB, PSS {i['pss_mib_each']} MiB each ({i['sandboxes']} sandboxes)")
     print("target: restore p50 <= 250 ms")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"microvm-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(res, indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {write_results('microvm', res)}")
     return 0
 
 
